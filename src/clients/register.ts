@@ -1,0 +1,43 @@
+// Writing clients: the statements a client migration runs. Used by the CLI to render a
+// migration's body, and by the first development start to create the demo client.
+import type { Database } from '../storage/database.ts';
+import type { AuthMethod } from './registry.ts';
+
+export interface NewClient {
+  clientId: string;
+  authMethod: AuthMethod;
+  audiences: string[];
+  scopes: string[];
+  ttl?: number | undefined;
+  jwks?: { keys: Record<string, unknown>[] } | undefined;
+  jwksUri?: string | undefined;
+  tlsSubjectDn?: string | undefined;
+  tlsSanDns?: string | undefined;
+  tlsSanUri?: string | undefined;
+  certificateBound?: boolean;
+  introspectAudiences?: string[];
+}
+
+export function clientRow(client: NewClient): Record<string, unknown> {
+  return {
+    client_id: client.clientId,
+    auth_method: client.authMethod,
+    audiences: client.audiences,
+    scopes: client.scopes,
+    ttl: client.ttl ?? null,
+    jwks: client.jwks ? JSON.stringify(client.jwks) : null,
+    jwks_uri: client.jwksUri ?? null,
+    tls_subject_dn: client.tlsSubjectDn ?? null,
+    tls_san_dns: client.tlsSanDns ?? null,
+    tls_san_uri: client.tlsSanUri ?? null,
+    certificate_bound: client.certificateBound ?? false,
+    introspect_audiences: client.introspectAudiences ?? [],
+  };
+}
+
+export async function insertClient(db: Database, client: NewClient, secretDigest?: string): Promise<void> {
+  await db.transaction(async (trx) => {
+    await trx('clients').insert(clientRow(client));
+    if (secretDigest) await trx('client_secrets').insert({ client_id: client.clientId, digest: secretDigest });
+  });
+}

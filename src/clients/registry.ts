@@ -1,0 +1,119 @@
+// The client registry: what the database says about each client, cached in-process so
+// the token path reads nothing in steady state. An entry lives CLIENT_CACHE_SECONDS at
+// most (the bound on a disable taking effect); a PostgreSQL NOTIFY drops it at once.
+import type { Database } from '../storage/database.ts';
+import { query } from '../storage/errors.ts';
+import type { StoredSecret } from './secrets.ts';
+
+export const AUTH_METHODS = [
+  'client_secret_basic',
+  'private_key_jwt',
+  'tls_client_auth',
+  'self_signed_tls_client_auth',
+] as const;
+export type AuthMethod = (typeof AUTH_METHODS)[number];
+
+export interface ClientRecord {
+  clientId: string;
+  authMethod: AuthMethod;
+  audiences: string[];
+  scopes: string[];
+  ttl: number | null;
+  jwks: { keys: Record<string, unknown>[] } | null;
+  jwksUri: string | null;
+  tlsSubjectDn: string | null;
+  tlsSanDns: string | null;
+  tlsSanUri: string | null;
+  certificateBound: boolean;
+  introspectAudiences: string[];
+  enabled: boolean;
+  secrets: StoredSecret[];
+}
+
+interface ClientRow {
+  client_id: string;
+  auth_method: AuthMethod;
+  audiences: string[];
+  scopes: string[];
+  ttl: number | null;
+  jwks: { keys: Record<string, unknown>[] } | string | null;
+  jwks_uri: string | null;
+  tls_subject_dn: string | null;
+  tls_san_dns: string | null;
+  tls_san_uri: string | null;
+  certificate_bound: boolean;
+  introspect_audiences: string[];
+  enabled: boolean;
+}
+
+function toRecord(row: ClientRow, secrets: StoredSecret[]): ClientRecord {
+  return {
+    clientId: row.client_id,
+    authMethod: row.auth_method,
+    audiences: row.audiences,
+    scopes: row.scopes,
+    ttl: row.ttl,
+    jwks: typeof row.jwks === 'string' ? JSON.parse(row.jwks) : row.jwks,
+    jwksUri: row.jwks_uri,
+    tlsSubjectDn: row.tls_subject_dn,
+    tlsSanDns: row.tls_san_dns,
+    tlsSanUri: row.tls_san_uri,
+    certificateBound: row.certificate_bound,
+    introspectAudiences: row.introspect_audiences,
+    enabled: row.enabled,
+    secrets,
+  };
+}
+
+function epochSeconds(value: Date | string | null): number | null {
+  return value === null ? null : Math.floor(new Date(value).getTime() / 1000);
+}
+
+export class ClientRegistry {
+  readonly #db: Database;
+  readonly #ttlMs: number;
+  readonly #cache = new Map<string, { record: ClientRecord | undefined; until: number }>();
+
+  constructor(db: Database, cacheSeconds: number) {
+    this.#db = db;
+    this.#ttlMs = cacheSeconds * 1000;
+  }
+
+  /** The client as the database has it (enabled or not), or undefined when unknown. */
+  async find(clientId: string): Promise<ClientRecord | undefined> {
+    const now = Date.now();
+    const hit = this.#cache.get(clientId);
+    if (hit && hit.until > now) return hit.record;
+    const record = await query(() => this.#load(clientId));
+    // Unknown ids are cached too, so a flood of made-up ids cannot reach the database.
+    if (this.#ttlMs > 0) {
+      if (this.#cache.size > 10_000) this.#cache.clear();
+      this.#cache.set(clientId, { record, until: now + this.#ttlMs });
+    }
+    return record;
+  }
+
+  /** The cached entry even when stale, for riding out a database outage. */
+  stale(clientId: string): ClientRecord | undefined {
+    return this.#cache.get(clientId)?.record;
+  }
+
+  invalidate(clientId?: string): void {
+    if (clientId === undefined) this.#cache.clear();
+    else this.#cache.delete(clientId);
+  }
+
+  async list(): Promise<ClientRecord[]> {
+    const rows: ClientRow[] = await this.#db('clients').select('*').orderBy('client_id');
+    return rows.map((row) => toRecord(row, []));
+  }
+
+  async #load(clientId: string): Promise<ClientRecord | undefined> {
+    const row: ClientRow | undefined = await this.#db('clients').where({ client_id: clientId }).first();
+    if (!row) return undefined;
+    const secrets: { digest: string; expires_at: Date | string | null }[] = await this.#db('client_secrets')
+      .where({ client_id: clientId })
+      .select('digest', 'expires_at');
+    return toRecord(row, secrets.map((s) => ({ digest: s.digest, expiresAt: epochSeconds(s.expires_at) })));
+  }
+}

@@ -1,0 +1,242 @@
+// oidc-provider, configured for the client-credentials grant and nothing else. This is
+// where a token is shaped and signed: audience and scope per client, lifetime, signing key.
+import { randomBytes } from 'node:crypto';
+
+import Provider, { errors, type Adapter, type AdapterPayload, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
+
+import type { ClientRecord, ClientRegistry } from '../clients/registry.ts';
+import { secretMatches } from '../clients/secrets.ts';
+import type { KeySet } from '../keys/signing-keys.ts';
+import type { Settings } from '../settings.ts';
+import type { CertificateHooks } from './client-certificates.ts';
+import { StorageUnavailable } from '../storage/errors.ts';
+import type { ReplayStore } from '../storage/replay.ts';
+
+/** Client-assertion algorithms: asymmetric only (no HS*, no none). */
+export const ASSERTION_ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
+/** Longest a client assertion may be valid for (RFC 7523 leaves this to the server). */
+export const MAX_ASSERTION_LIFETIME = 300;
+export const CLOCK_TOLERANCE = 15;
+
+export const AUTH_METHODS_SUPPORTED = [
+  'client_secret_basic',
+  'client_secret_post',
+  'private_key_jwt',
+  'tls_client_auth',
+  'self_signed_tls_client_auth',
+];
+
+export class TemporarilyUnavailable extends errors.OIDCProviderError {
+  constructor() {
+    super(503, 'temporarily_unavailable');
+    this.error_description = 'the service is temporarily unavailable, retry later';
+    this.expose = true;
+  }
+}
+
+export interface EngineDeps {
+  settings: Settings;
+  registry: ClientRegistry;
+  replay: ReplayStore;
+  keys: KeySet;
+  certificates: CertificateHooks;
+}
+
+/** What the engine keeps about a client beyond standard metadata. */
+interface M2mMetadata {
+  m2m_audiences: string[];
+  m2m_scopes: string[];
+  m2m_ttl: number | null;
+  m2m_secrets: { digest: string; expiresAt: number | null }[];
+  m2m_introspect: string[];
+}
+
+export type EngineClient = InstanceType<Provider['Client']> & M2mMetadata;
+
+// A client_secret the engine requires for secret-based methods. It is never compared
+// (compareClientSecret below checks digests), and it is random so that even a mistake
+// there could not be exploited.
+const SECRET_PLACEHOLDER = `unused-${randomBytes(32).toString('base64url')}`;
+
+function engineMetadata(record: ClientRecord): AdapterPayload {
+  const metadata: Record<string, unknown> = {
+    client_id: record.clientId,
+    token_endpoint_auth_method: record.authMethod,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    tls_client_certificate_bound_access_tokens: record.certificateBound,
+    m2m_audiences: record.audiences,
+    m2m_scopes: record.scopes,
+    m2m_ttl: record.ttl,
+    m2m_secrets: record.secrets,
+    m2m_introspect: record.introspectAudiences,
+  };
+  if (record.authMethod === 'client_secret_basic') metadata.client_secret = SECRET_PLACEHOLDER;
+  if (record.jwks) metadata.jwks = record.jwks;
+  if (record.jwksUri) metadata.jwks_uri = record.jwksUri;
+  if (record.tlsSubjectDn) metadata.tls_client_auth_subject_dn = record.tlsSubjectDn;
+  if (record.tlsSanDns) metadata.tls_client_auth_san_dns = record.tlsSanDns;
+  if (record.tlsSanUri) metadata.tls_client_auth_san_uri = record.tlsSanUri;
+  return metadata as AdapterPayload;
+}
+
+/** The engine asks its adapter for clients only; tokens are JWTs and are never stored. */
+function adapterFor(registry: ClientRegistry) {
+  return class EngineAdapter implements Adapter {
+    readonly #name: string;
+
+    constructor(name: string) {
+      this.#name = name;
+    }
+
+    async find(id: string): Promise<AdapterPayload | undefined> {
+      if (this.#name !== 'Client') return undefined;
+      let record: ClientRecord | undefined;
+      try {
+        record = await registry.find(id);
+      } catch (err) {
+        if (err instanceof StorageUnavailable) throw new TemporarilyUnavailable();
+        throw err;
+      }
+      return record?.enabled ? engineMetadata(record) : undefined;
+    }
+
+    async upsert(): Promise<void> {
+      throw new Error(`the engine tried to store a ${this.#name}; nothing is stored but clients`);
+    }
+
+    async findByUserCode(): Promise<undefined> { return undefined; }
+    async findByUid(): Promise<undefined> { return undefined; }
+    async consume(): Promise<void> {}
+    async destroy(): Promise<void> {}
+    async revokeByGrantId(): Promise<void> {}
+  };
+}
+
+function clientOf(ctx: KoaContextWithOIDC): EngineClient {
+  return ctx.oidc.client as EngineClient;
+}
+
+function tokenTtl(settings: Settings, client: EngineClient | undefined): number {
+  return Math.min(client?.m2m_ttl ?? settings.accessTokenTtl, settings.maxAccessTokenTtl);
+}
+
+export function createEngine({ settings, registry, replay, keys, certificates }: EngineDeps): Provider {
+  const signer = keys.signer;
+  if (!signer?.privateKey) throw new Error('no signing key: run `npm run keys -- generate`');
+  const signingJwk = { ...signer.privateKey.export({ format: 'jwk' }), kid: signer.kid, alg: 'RS256', use: 'sig' };
+
+  const configuration: Configuration = {
+    adapter: adapterFor(registry),
+    clients: [],
+    jwks: { keys: [signingJwk as never] },
+    clientAuthMethods: AUTH_METHODS_SUPPORTED as Configuration['clientAuthMethods'],
+    enabledJWA: {
+      clientAuthSigningAlgValues: ASSERTION_ALGS as never,
+      idTokenSigningAlgValues: ['RS256'],
+    },
+    clockTolerance: CLOCK_TOLERANCE,
+    scopes: ['openid'],
+    claims: { openid: ['sub'] },
+    responseTypes: ['none'],
+    pkce: { required: () => false },
+    extraClientMetadata: {
+      properties: ['m2m_audiences', 'm2m_scopes', 'm2m_ttl', 'm2m_secrets', 'm2m_introspect'],
+    },
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      introspection: { enabled: false },
+      revocation: { enabled: false },
+      userinfo: { enabled: false },
+      rpInitiatedLogout: { enabled: false },
+      mTLS: {
+        enabled: true,
+        certificateBoundAccessTokens: true,
+        tlsClientAuth: true,
+        selfSignedTlsClientAuth: true,
+        getCertificate: (ctx) => certificates.getCertificate(ctx),
+        certificateAuthorized: (ctx) => certificates.certificateAuthorized(ctx),
+        certificateSubjectMatches: (ctx, property, expected) => certificates.certificateSubjectMatches(ctx, property, expected),
+      },
+      resourceIndicators: {
+        enabled: true,
+        // Without `resource`, the client's only audience; with several, the client must say.
+        async defaultResource(ctx) {
+          const audiences = clientOf(ctx).m2m_audiences;
+          if (audiences.length === 1) return audiences[0]!;
+          throw new errors.InvalidTarget('this client has several audiences: the resource parameter is required');
+        },
+        useGrantedResource: () => false,
+        async getResourceServerInfo(ctx, resource) {
+          const client = clientOf(ctx);
+          if (!client.m2m_audiences.includes(resource)) {
+            throw new errors.InvalidTarget('the requested resource is not one of this client\'s audiences');
+          }
+          const allowed = client.m2m_scopes;
+          const params = ctx.oidc.params!;
+          if (params.scope === undefined) {
+            // The engine grants what was requested; a request without scope gets them all.
+            if (allowed.length) params.scope = allowed.join(' ');
+          } else {
+            const denied = String(params.scope).split(' ').find((scope) => !allowed.includes(scope));
+            if (denied !== undefined) throw new errors.InvalidScope('requested scope is not allowed for this client', denied);
+          }
+          return {
+            scope: allowed.join(' '),
+            audience: resource,
+            accessTokenFormat: 'jwt',
+            accessTokenTTL: tokenTtl(settings, client),
+            jwt: { sign: { alg: 'RS256', kid: signer.kid } },
+          };
+        },
+      },
+    },
+    ttl: {
+      ClientCredentials: (_ctx, _token, client) => tokenTtl(settings, client as EngineClient),
+    },
+    async assertJwtClientAuthClaimsAndHeader(_ctx, claims) {
+      const now = Math.floor(Date.now() / 1000);
+      if (typeof claims.exp !== 'number' || claims.exp > now + MAX_ASSERTION_LIFETIME + CLOCK_TOLERANCE) {
+        throw new errors.InvalidClientAuth(`client assertions may be valid for ${MAX_ASSERTION_LIFETIME} seconds at most`);
+      }
+      if (typeof claims.iat === 'number' && claims.iat > now + CLOCK_TOLERANCE) {
+        throw new errors.InvalidClientAuth('client assertion issued in the future');
+      }
+      if (claims.sub !== claims.iss) throw new errors.InvalidClientAuth('client assertion sub must equal iss');
+    },
+    async renderError(ctx, out) {
+      // Machine clients only: errors are JSON whatever Accept says.
+      ctx.type = 'json';
+      ctx.body = out;
+    },
+  };
+
+  const provider = new Provider(settings.issuer, configuration);
+  // Forwarded headers are never believed wholesale: ISSUER comes from the settings, and the
+  // client certificate from a trusted proxy only (client-certificates.ts).
+  provider.proxy = false;
+
+  provider.Client.prototype.compareClientSecret = function compareClientSecret(this: EngineClient, actual: string) {
+    return secretMatches(actual, this.m2m_secrets, Math.floor(Date.now() / 1000));
+  };
+
+  // `aud` of a client assertion: the issuer or the token endpoint, from the settings; the
+  // engine would also accept URLs built from the request's Host header.
+  const audiences = new Set([settings.issuer, `${settings.issuer}/token`]);
+  provider.OIDCContext.prototype.clientJwtAuthExpectedAudience = () => audiences;
+
+  // One atomic INSERT decides first use of an assertion's jti; the engine's default
+  // (find, then insert) would let concurrent replays through.
+  provider.ReplayDetection.unique = async (iss: string, jti: string, exp: number) => {
+    try {
+      return await replay.claim(`${iss}\u0000${jti}`, exp);
+    } catch (err) {
+      if (err instanceof StorageUnavailable) throw new TemporarilyUnavailable();
+      throw err;
+    }
+  };
+
+  return provider;
+}

@@ -1,0 +1,170 @@
+// Every setting, its default and its meaning, in one place. Parsed and checked once at
+// start; a bad value stops the start with one line naming the setting.
+import { availableParallelism } from 'node:os';
+import { resolve } from 'node:path';
+
+import ipaddr from 'ipaddr.js';
+
+export class SettingError extends Error {}
+
+type Env = Record<string, string | undefined>;
+
+export interface Settings {
+  /** PORT: listening port. */
+  port: number;
+  /** ISSUER: `iss` of every token and the base of every endpoint URL. */
+  issuer: string;
+  /** DATABASE_URL: postgres://… for a server; unset means embedded PGlite in DATA_DIR. */
+  databaseUrl: string | undefined;
+  /** DATA_DIR: where the embedded database lives. */
+  dataDir: string;
+  /** MIGRATIONS_DIR: migrations read by `npm run migrate` and written by `npm run client`. */
+  migrationsDir: string;
+  /** MIGRATE_ON_START: apply pending migrations when the server starts. */
+  migrateOnStart: boolean;
+  /** TLS_MODE: `direct` (HTTPS here) or `proxy` (plain HTTP behind a TLS-terminating proxy). */
+  tlsMode: 'direct' | 'proxy';
+  /** TLS_CERT / TLS_KEY: server certificate and key; unset outside production: dev ones in KEYS_DIR. */
+  tlsCert: string | undefined;
+  tlsKey: string | undefined;
+  /** TLS_CLIENT_CA: CAs trusted for tls_client_auth; unset outside production: the dev CA. */
+  tlsClientCa: string | undefined;
+  /** TRUSTED_PROXIES: proxy mode: IPs/CIDRs whose forwarded headers are believed. */
+  trustedProxies: string[];
+  /** CLIENT_CERT_HEADER: proxy mode: header with the URL-encoded PEM client certificate. */
+  clientCertHeader: string;
+  /** KEYS_DIR: signing keys and development TLS material. */
+  keysDir: string;
+  /** ACCESS_TOKEN_TTL: default access-token lifetime, seconds. */
+  accessTokenTtl: number;
+  /** MAX_ACCESS_TOKEN_TTL: cap on any client's TTL, seconds; also how long a retired key stays published. */
+  maxAccessTokenTtl: number;
+  /** JWKS_MAX_AGE: Cache-Control max-age of /jwks, seconds; a new key signs only after it was published this long. */
+  jwksMaxAge: number;
+  /** KEYS_RELOAD_SECONDS: how often a running server re-reads KEYS_DIR. */
+  keysReloadSeconds: number;
+  /** CLIENT_CACHE_SECONDS: how long a client record is served from memory; the bound on disable/enable taking effect. */
+  clientCacheSeconds: number;
+  /** MAX_BODY_BYTES: larger request bodies get 413. */
+  maxBodyBytes: number;
+  /** WORKERS: server processes (`auto`: one per core); the embedded database allows 1. */
+  workers: number;
+  /** LOG_LEVEL: pino level of the JSON logs on stdout. */
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  /** NODE_ENV=production refuses every development default. */
+  production: boolean;
+}
+
+function fail(name: string, value: string, expected: string): never {
+  throw new SettingError(`setting ${name}=${JSON.stringify(value)} is invalid: expected ${expected}`);
+}
+
+function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (!/^\d+$/.test(raw)) fail(name, raw, `a whole number from ${min} to ${max}`);
+  const value = Number(raw);
+  if (value < min || value > max) fail(name, raw, `a whole number from ${min} to ${max}`);
+  return value;
+}
+
+function oneOf<T extends string>(env: Env, name: string, fallback: T, allowed: readonly T[]): T {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (!(allowed as readonly string[]).includes(raw)) fail(name, raw, `one of ${allowed.join(', ')}`);
+  return raw as T;
+}
+
+function bool(env: Env, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (raw === 'true' || raw === '1') return true;
+  if (raw === 'false' || raw === '0') return false;
+  return fail(name, raw, 'true or false');
+}
+
+function cidr(name: string, raw: string, entry: string): string {
+  const valid = entry.includes('/') ? ipaddr.isValidCIDR(entry) : ipaddr.isValid(entry);
+  if (!valid) fail(name, raw, 'comma-separated IP addresses or CIDR ranges');
+  return entry;
+}
+
+export function loadSettings(env: Env = process.env): Settings {
+  const production = env.NODE_ENV === 'production';
+  const port = integer(env, 'PORT', 8443, 0, 65535);
+  const tlsMode = oneOf(env, 'TLS_MODE', 'direct', ['direct', 'proxy'] as const);
+
+  const issuer = env.ISSUER || `https://localhost:${port}`;
+  let issuerUrl: URL;
+  try {
+    issuerUrl = new URL(issuer);
+  } catch {
+    fail('ISSUER', issuer, 'an absolute https:// URL');
+  }
+  if (issuerUrl.protocol !== 'https:') {
+    fail('ISSUER', issuer, 'an https:// URL');
+  }
+  if (issuerUrl.search || issuerUrl.hash || issuer.endsWith('/')) {
+    fail('ISSUER', issuer, 'a URL without query, fragment or trailing slash');
+  }
+
+  const databaseUrl = env.DATABASE_URL || undefined;
+  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    fail('DATABASE_URL', '<redacted>', 'a postgres:// or postgresql:// URL');
+  }
+
+  const accessTokenTtl = integer(env, 'ACCESS_TOKEN_TTL', 300, 1, 86400);
+  const maxAccessTokenTtl = integer(env, 'MAX_ACCESS_TOKEN_TTL', 3600, 1, 86400);
+  if (accessTokenTtl > maxAccessTokenTtl) {
+    fail('ACCESS_TOKEN_TTL', String(accessTokenTtl), `at most MAX_ACCESS_TOKEN_TTL (${maxAccessTokenTtl})`);
+  }
+
+  const trustedProxiesRaw = env.TRUSTED_PROXIES ?? '';
+  const trustedProxies = trustedProxiesRaw.split(',').map((s) => s.trim()).filter(Boolean)
+    .map((entry) => cidr('TRUSTED_PROXIES', trustedProxiesRaw, entry));
+
+  const clientCertHeader = (env.CLIENT_CERT_HEADER || 'x-ssl-client-cert').toLowerCase();
+  if (!/^[a-z0-9-]+$/.test(clientCertHeader)) fail('CLIENT_CERT_HEADER', clientCertHeader, 'an HTTP header name');
+
+  const workersRaw = env.WORKERS || '1';
+  let workers: number;
+  if (workersRaw === 'auto') workers = availableParallelism();
+  else workers = integer(env, 'WORKERS', 1, 1, 256);
+  if (workers > 1 && !databaseUrl) {
+    fail('WORKERS', workersRaw, '1 with the embedded database (set DATABASE_URL for more)');
+  }
+
+  const settings: Settings = {
+    port,
+    issuer,
+    databaseUrl,
+    dataDir: resolve(env.DATA_DIR || 'data'),
+    migrationsDir: resolve(env.MIGRATIONS_DIR || 'migrations'),
+    migrateOnStart: bool(env, 'MIGRATE_ON_START', true),
+    tlsMode,
+    tlsCert: env.TLS_CERT || undefined,
+    tlsKey: env.TLS_KEY || undefined,
+    tlsClientCa: env.TLS_CLIENT_CA || undefined,
+    trustedProxies,
+    clientCertHeader,
+    keysDir: resolve(env.KEYS_DIR || 'keys'),
+    accessTokenTtl,
+    maxAccessTokenTtl,
+    jwksMaxAge: integer(env, 'JWKS_MAX_AGE', 300, 0, 86400),
+    keysReloadSeconds: integer(env, 'KEYS_RELOAD_SECONDS', 30, 1, 60),
+    clientCacheSeconds: integer(env, 'CLIENT_CACHE_SECONDS', 10, 0, 10),
+    maxBodyBytes: integer(env, 'MAX_BODY_BYTES', 16384, 1024, 1048576),
+    workers,
+    logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const),
+    production,
+  };
+
+  if (production) {
+    if (!databaseUrl) fail('DATABASE_URL', '', 'a postgres:// URL when NODE_ENV=production (the embedded database is for development)');
+    if (!env.ISSUER) fail('ISSUER', '', 'an https:// URL when NODE_ENV=production');
+    if (tlsMode === 'direct' && (!settings.tlsCert || !settings.tlsKey)) {
+      fail(settings.tlsCert ? 'TLS_KEY' : 'TLS_CERT', '', 'a PEM file when NODE_ENV=production and TLS_MODE=direct');
+    }
+  }
+  return Object.freeze(settings);
+}
