@@ -1,0 +1,109 @@
+// Checks on what an operator registers, before any migration is written. Each failure is
+// one line naming the flag; the database CHECK constraints are the second line of defence.
+import { X509Certificate } from 'node:crypto';
+
+import 'reflect-metadata';
+import * as x509 from '@peculiar/x509';
+import { calculateJwkThumbprint, importJWK, type JWK } from 'jose';
+
+export class InputError extends Error {}
+
+const CLIENT_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+// RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/;
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'k', 'oth'];
+
+export function clientId(value: string): string {
+  if (!CLIENT_ID.test(value)) throw new InputError(`client_id ${JSON.stringify(value)} is invalid: use 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit`);
+  return value;
+}
+
+export function absoluteUri(flag: string, value: string, httpsOnly = false): string {
+  const url = URL.parse(value);
+  if (!url || !/^[a-z][a-z0-9+.-]*:/i.test(value) || url.hash) {
+    throw new InputError(`${flag} ${JSON.stringify(value)} is not an absolute URI without a fragment`);
+  }
+  if (httpsOnly && url.protocol !== 'https:') throw new InputError(`${flag} ${JSON.stringify(value)} must be an https:// URL`);
+  return value;
+}
+
+export function uriList(flag: string, value: string): string[] {
+  const list = value.split(',').map((s) => s.trim()).filter(Boolean);
+  if (!list.length) throw new InputError(`${flag} needs at least one URI`);
+  return [...new Set(list.map((uri) => absoluteUri(flag, uri)))];
+}
+
+export function scopes(value: string | undefined): string[] {
+  if (value === undefined) return [];
+  const list = value.split(' ').filter(Boolean);
+  for (const scope of list) {
+    if (!SCOPE_TOKEN.test(scope)) throw new InputError(`--scope ${JSON.stringify(scope)} is not a valid scope token (RFC 6749 section 3.3)`);
+  }
+  return [...new Set(list)];
+}
+
+export function seconds(flag: string, value: string, min: number, max: number): number {
+  if (!/^\d+$/.test(value) || Number(value) < min || Number(value) > max) {
+    throw new InputError(`${flag} ${JSON.stringify(value)} must be a whole number of seconds from ${min} to ${max}`);
+  }
+  return Number(value);
+}
+
+export function subjectDn(value: string): string {
+  let name: x509.Name;
+  try {
+    name = new x509.Name(value);
+  } catch {
+    throw new InputError(`--subject-dn ${JSON.stringify(value)} is not an RFC 4514 distinguished name`);
+  }
+  if (!name.toJSON().length) throw new InputError('--subject-dn is empty');
+  return value;
+}
+
+export function dnsName(value: string): string {
+  if (!/^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i.test(value)) {
+    throw new InputError(`--san-dns ${JSON.stringify(value)} is not a DNS name`);
+  }
+  return value.toLowerCase();
+}
+
+/** A JWKS of public signing keys only; a private member anywhere refuses the whole set. */
+export async function publicJwks(text: string, source: string): Promise<{ keys: JWK[] }> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new InputError(`${source} is not JSON`);
+  }
+  const keys = (parsed as { keys?: unknown }).keys;
+  if (!Array.isArray(keys) || keys.length === 0) throw new InputError(`${source} must be a JWK Set with at least one key`);
+  for (const [i, key] of keys.entries()) {
+    const jwk = key as JWK;
+    if (typeof jwk !== 'object' || jwk === null) throw new InputError(`${source}: key ${i} is not an object`);
+    const secret = PRIVATE_MEMBERS.find((m) => m in jwk);
+    if (secret) throw new InputError(`${source}: key ${i} has the private member "${secret}": register public keys only`);
+    if (!['RSA', 'EC', 'OKP'].includes(jwk.kty ?? '')) throw new InputError(`${source}: key ${i} has kty ${JSON.stringify(jwk.kty)}; use RSA, EC or OKP`);
+    if (jwk.use !== undefined && jwk.use !== 'sig') throw new InputError(`${source}: key ${i} is not a signing key (use ${jwk.use})`);
+    const alg = jwk.alg ?? (jwk.kty === 'RSA' ? 'RS256' : jwk.kty === 'EC' ? 'ES256' : 'EdDSA');
+    try {
+      await importJWK(jwk, alg);
+    } catch {
+      throw new InputError(`${source}: key ${i} is not a usable ${alg} public key`);
+    }
+    jwk.kid ??= await calculateJwkThumbprint(jwk);
+  }
+  return { keys: keys as JWK[] };
+}
+
+/** A self-signed client certificate, registered as a JWK carrying it (x5c) and its thumbprint. */
+export function certificateJwks(pem: string, source: string): { keys: JWK[] } {
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(pem);
+  } catch {
+    throw new InputError(`${source} is not a PEM certificate`);
+  }
+  const jwk = cert.publicKey.export({ format: 'jwk' }) as JWK;
+  const thumbprint = Buffer.from(cert.fingerprint256.replace(/:/g, ''), 'hex').toString('base64url');
+  return { keys: [{ ...jwk, x5c: [cert.raw.toString('base64')], 'x5t#S256': thumbprint } as JWK] };
+}
