@@ -1,0 +1,15 @@
+// Jest runs the TypeScript tests as ES modules through SWC (NODE_OPTIONS=--experimental-vm-modules,
+// set by `npm test`). The server under test runs as its own process on Node's type stripping.
+export default {
+  testEnvironment: 'node',
+  extensionsToTreatAsEsm: ['.ts'],
+  transform: {
+    '^.+\\.ts$': ['@swc/jest', {
+      jsc: { parser: { syntax: 'typescript' }, target: 'es2022' },
+      module: { type: 'es6' },
+    }],
+  },
+  testMatch: ['<rootDir>/test/**/*.test.ts'],
+  testTimeout: 120_000,
+  maxWorkers: 2,
+};

@@ -1,0 +1,218 @@
+// Starts the real server (`node src/main.ts`) on a real port, with its own migrations
+// folder, keys folder and database: embedded PGlite, or a fresh database on the server
+// named by TEST_DATABASE_URL. Tests talk HTTPS to it like any client would.
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+import pg from 'pg';
+import { Agent, fetch as undiciFetch, type RequestInit, type Response } from 'undici';
+
+export const ROOT = resolve(import.meta.dirname, '..', '..');
+const NODE = process.execPath;
+
+export async function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const probe = createServer();
+    probe.once('error', fail);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as { port: number };
+      probe.close(() => done(port));
+    });
+  });
+}
+
+export interface CommandResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface Workspace {
+  dir: string;
+  migrationsDir: string;
+  keysDir: string;
+  dataDir: string;
+  databaseUrl: string | undefined;
+  env: Record<string, string>;
+  /** Runs `node src/cli/<script>.ts args…` against this workspace. */
+  cli(script: 'client' | 'keys' | 'migrate', args: string[], extraEnv?: Record<string, string>): Promise<CommandResult>;
+  /** Drops the workspace's database (PostgreSQL) and deletes its folder. */
+  remove(): Promise<void>;
+}
+
+async function createDatabase(adminUrl: string): Promise<string> {
+  const name = `m2m_test_${randomBytes(6).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+async function dropDatabase(adminUrl: string, databaseUrl: string): Promise<void> {
+  const name = new URL(databaseUrl).pathname.slice(1);
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  try {
+    await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  } finally {
+    await admin.end();
+  }
+}
+
+export async function createWorkspace(settings: Record<string, string> = {}): Promise<Workspace> {
+  const dir = mkdtempSync(join(tmpdir(), 'm2m-test-'));
+  const migrationsDir = join(dir, 'migrations');
+  const keysDir = join(dir, 'keys');
+  const dataDir = join(dir, 'data');
+  mkdirSync(migrationsDir);
+  mkdirSync(keysDir);
+  for (const file of readdirSync(join(ROOT, 'migrations'))) {
+    if (file.endsWith('.ts')) copyFileSync(join(ROOT, 'migrations', file), join(migrationsDir, file));
+  }
+  const adminUrl = process.env.TEST_DATABASE_URL;
+  const databaseUrl = adminUrl ? await createDatabase(adminUrl) : undefined;
+  const port = await freePort();
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? '',
+    HOME: process.env.HOME ?? dir,
+    PORT: String(port),
+    ISSUER: `https://localhost:${port}`,
+    MIGRATIONS_DIR: migrationsDir,
+    KEYS_DIR: keysDir,
+    DATA_DIR: dataDir,
+    LOG_LEVEL: 'debug',
+    ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
+    ...settings,
+  };
+  return {
+    dir, migrationsDir, keysDir, dataDir, databaseUrl, env,
+    cli: (script, args, extraEnv = {}) => new Promise((done) => {
+      execFile(NODE, [join(ROOT, 'src', 'cli', `${script}.ts`), ...args], { cwd: dir, env: { ...env, ...extraEnv } }, (err, stdout, stderr) => {
+        done({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+      });
+    }),
+    async remove() {
+      if (adminUrl && databaseUrl) await dropDatabase(adminUrl, databaseUrl);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface RunningServer {
+  workspace: Workspace;
+  issuer: string;
+  port: number;
+  /** Everything the process wrote to stdout (JSON log lines) and stderr. */
+  output(): string;
+  /** Trusts the development CA; optionally presents a client certificate. */
+  agent(clientCert?: { cert: string; key: string }): Agent;
+  fetch(path: string, init?: RequestInit & { cert?: { cert: string; key: string } }): Promise<Response>;
+  /** POST a form to a path; `basic` is [client_id, secret]. */
+  post(path: string, form: Record<string, string>, options?: { basic?: [string, string]; headers?: Record<string, string>; cert?: { cert: string; key: string } }): Promise<{ status: number; headers: Headers; body: any }>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  process: ChildProcess;
+}
+
+export async function startServer(workspace: Workspace, extraEnv: Record<string, string> = {}): Promise<RunningServer> {
+  const env = { ...workspace.env, ...extraEnv };
+  const child = spawn(NODE, [join(ROOT, 'src', 'main.ts')], { cwd: workspace.dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString(); });
+  child.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString(); });
+  const exited = new Promise<number | null>((done) => child.once('exit', (code) => done(code)));
+
+  await new Promise<void>((done, fail) => {
+    const timer = setTimeout(() => fail(new Error(`server did not start within 60 s:\n${output}`)), 60_000);
+    const check = () => {
+      if (output.includes('"msg":"listening"')) {
+        clearTimeout(timer);
+        child.stdout!.off('data', check);
+        done();
+      }
+    };
+    child.stdout!.on('data', check);
+    void exited.then((code) => {
+      clearTimeout(timer);
+      fail(new Error(`server exited with ${code} before listening:\n${output}`));
+    });
+  });
+
+  const issuer = env.ISSUER!;
+  const port = Number(env.PORT);
+  const base = env.TLS_MODE === 'proxy' ? `http://127.0.0.1:${port}` : issuer;
+  const ca = env.TLS_MODE === 'proxy' ? undefined : readFileSync(join(workspace.keysDir, 'dev-ca.crt'), 'utf8');
+  const agents = new Map<string, Agent>();
+  const agent = (clientCert?: { cert: string; key: string }) => {
+    const key = clientCert ? clientCert.cert : '';
+    let found = agents.get(key);
+    if (!found) {
+      found = new Agent({ connect: { ...(ca ? { ca } : {}), ...(clientCert ?? {}) } });
+      agents.set(key, found);
+    }
+    return found;
+  };
+  const doFetch = (path: string, init: RequestInit & { cert?: { cert: string; key: string } } = {}) => {
+    const { cert, ...rest } = init;
+    return undiciFetch(`${base}${path}`, { ...rest, dispatcher: agent(cert) });
+  };
+  return {
+    workspace, issuer, port, process: child,
+    output: () => output,
+    agent,
+    fetch: doFetch,
+    async post(path, form, options = {}) {
+      const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded', ...options.headers };
+      if (options.basic) {
+        const [id, secret] = options.basic;
+        headers.authorization = `Basic ${Buffer.from(`${encodeURIComponent(id)}:${encodeURIComponent(secret)}`).toString('base64')}`;
+      }
+      const res = await doFetch(path, { method: 'POST', headers, body: new URLSearchParams(form).toString(), ...(options.cert ? { cert: options.cert } : {}) });
+      const text = await res.text();
+      let body: unknown = text;
+      try {
+        body = JSON.parse(text);
+      } catch { /* not JSON: the test sees the text */ }
+      return { status: res.status, headers: res.headers as unknown as Headers, body };
+    },
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      for (const a of agents.values()) await a.close().catch(() => {});
+      if (child.exitCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+/** Registers a client through the CLI; returns its secret (Basic) and the CLI's JSON. */
+export async function addClient(workspace: Workspace, clientId: string, args: string[]): Promise<{ client_secret: string | null; migration: string }> {
+  const result = await workspace.cli('client', ['add', clientId, ...args, '--json']);
+  if (result.code !== 0) throw new Error(`client add ${clientId} failed (${result.code}): ${result.stderr}`);
+  return JSON.parse(result.stdout) as { client_secret: string | null; migration: string };
+}
+
+export function decodeJwtPart(token: string, part: 0 | 1): Record<string, unknown> {
+  return JSON.parse(Buffer.from(token.split('.')[part]!, 'base64url').toString('utf8')) as Record<string, unknown>;
+}
+
+export async function sleep(ms: number): Promise<void> {
+  await new Promise((done) => setTimeout(done, ms));
+}
+
+/** Polls `check` until it returns true or `ms` pass; returns the time it took, or throws. */
+export async function eventually(check: () => Promise<boolean>, ms: number, what: string): Promise<number> {
+  const started = Date.now();
+  for (;;) {
+    if (await check()) return Date.now() - started;
+    if (Date.now() - started > ms) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(200);
+  }
+}
