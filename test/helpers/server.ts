@@ -216,3 +216,19 @@ export async function eventually(check: () => Promise<boolean>, ms: number, what
     await sleep(200);
   }
 }
+
+/**
+ * Applies migrations the CLI wrote since the server started. On PostgreSQL they are applied
+ * while the server runs (it hears of client changes through NOTIFY); the embedded database
+ * belongs to the server process, so there the server is restarted and applies them on start.
+ */
+export async function applyPending(server: RunningServer, extraEnv: Record<string, string> = {}): Promise<RunningServer> {
+  const { workspace } = server;
+  if (workspace.databaseUrl) {
+    const result = await workspace.cli('migrate', ['latest']);
+    if (result.code !== 0) throw new Error(`migrate failed: ${result.stderr}`);
+    return server;
+  }
+  await server.stop();
+  return startServer(workspace, extraEnv);
+}
