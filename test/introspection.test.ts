@@ -1,0 +1,168 @@
+// RFC 7662 introspection and RFC 7009 revocation of our JWT access tokens.
+import { generateKeyPair, SignJWT } from 'jose';
+
+import { addClient, applyPending, createWorkspace, decodeJwtPart, sleep, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
+
+const API = 'https://orders.example.test';
+const OTHER = 'https://billing.example.test';
+let workspace: Workspace;
+let server: RunningServer;
+const secrets: Record<string, string> = {};
+
+beforeAll(async () => {
+  workspace = await createWorkspace();
+  const register = async (id: string, args: string[]) => {
+    secrets[id] = (await addClient(workspace, id, ['--auth', 'client_secret_basic', ...args])).client_secret!;
+  };
+  await register('svc', ['--audience', API, '--scope', 'orders:read']);
+  await register('svc-short', ['--audience', API, '--ttl', '1']);
+  await register('svc-billing', ['--audience', OTHER]);
+  await register('svc-doomed', ['--audience', API]);
+  await register('rs-orders', ['--audience', 'https://unused.example.test', '--introspect', API]);
+  await register('no-introspect', ['--audience', API]);
+  server = await startServer(workspace);
+});
+
+afterAll(async () => {
+  await server?.stop();
+  await workspace?.remove();
+});
+
+async function token(clientId: string, form: Record<string, string> = {}): Promise<string> {
+  const res = await server.post('/token', { grant_type: 'client_credentials', ...form }, { basic: [clientId, secrets[clientId]!] });
+  expect(res.status).toBe(200);
+  return res.body.access_token as string;
+}
+
+async function introspect(value: string, caller = 'rs-orders') {
+  return server.post('/token/introspection', { token: value }, { basic: [caller, secrets[caller]!] });
+}
+
+test('an allowed caller sees an active token with every field', async () => {
+  const value = await token('svc');
+  const claims = decodeJwtPart(value, 1);
+  const res = await introspect(value);
+  expect(res.status).toBe(200);
+  expect(res.headers.get('cache-control')).toBe('no-store');
+  expect(res.body).toEqual({
+    active: true,
+    client_id: 'svc',
+    sub: 'svc',
+    aud: API,
+    scope: 'orders:read',
+    iss: server.issuer,
+    exp: claims.exp,
+    iat: claims.iat,
+    jti: claims.jti,
+    token_type: 'Bearer',
+  });
+});
+
+test('a token for another audience is inactive for this caller', async () => {
+  const res = await introspect(await token('svc-billing'));
+  expect(res.status).toBe(200);
+  expect(res.body).toEqual({ active: false });
+});
+
+test('a tampered token is inactive', async () => {
+  const value = await token('svc');
+  const [header, payload, signature] = value.split('.');
+  const claims = JSON.parse(Buffer.from(payload!, 'base64url').toString());
+  claims.scope = 'orders:read orders:write';
+  const forged = `${header}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.${signature}`;
+  expect((await introspect(forged)).body).toEqual({ active: false });
+});
+
+test('a token signed by a key that is not ours is inactive, even with our kid', async () => {
+  const ours = decodeJwtPart(await token('svc'), 0);
+  const { privateKey } = await generateKeyPair('RS256');
+  const forged = await new SignJWT({ client_id: 'svc', scope: 'orders:read', jti: 'forged' })
+    .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: ours.kid as string })
+    .setIssuer(server.issuer).setSubject('svc').setAudience(API).setIssuedAt().setExpirationTime('5m')
+    .sign(privateKey);
+  expect((await introspect(forged)).body).toEqual({ active: false });
+});
+
+test('garbage and empty-looking tokens are inactive, a missing token is invalid_request', async () => {
+  expect((await introspect('not-a-jwt')).body).toEqual({ active: false });
+  expect((await introspect('e30.e30.')).body).toEqual({ active: false });
+  const missing = await server.post('/token/introspection', {}, { basic: ['rs-orders', secrets['rs-orders']!] });
+  expect(missing.status).toBe(400);
+  expect(missing.body).toMatchObject({ error: 'invalid_request' });
+});
+
+test('an expired token is inactive from its exp on (no clock tolerance)', async () => {
+  const value = await token('svc-short');
+  const { exp } = decodeJwtPart(value, 1) as { exp: number };
+  expect((await introspect(value)).body).toMatchObject({ active: true });
+  await sleep(Math.max(0, exp * 1000 - Date.now()) + 50);
+  expect((await introspect(value)).body).toEqual({ active: false });
+});
+
+test('a caller registered without --introspect is refused', async () => {
+  const res = await introspect(await token('svc'), 'no-introspect');
+  expect(res.status).toBe(403);
+  expect(res.body).toMatchObject({ error: 'unauthorized_client' });
+});
+
+test('an unauthenticated or wrongly authenticated caller gets 401 invalid_client', async () => {
+  const value = await token('svc');
+  const wrong = await server.post('/token/introspection', { token: value }, { basic: ['rs-orders', 'wrong'] });
+  expect(wrong.status).toBe(401);
+  expect(wrong.body).toEqual({ error: 'invalid_client', error_description: 'client authentication failed' });
+  const none = await server.post('/token/introspection', { token: value });
+  expect(none.status).toBe(400);
+  expect(none.body).toMatchObject({ error: 'invalid_request' });
+});
+
+describe('revocation', () => {
+  test('the owner revokes its token; it then introspects inactive', async () => {
+    const value = await token('svc');
+    const res = await server.post('/token/revocation', { token: value, token_type_hint: 'access_token' }, { basic: ['svc', secrets.svc!] });
+    expect(res.status).toBe(200);
+    expect((await introspect(value)).body).toEqual({ active: false });
+    // Revoking again, or revoking garbage, is still 200 (RFC 7009 section 2.2).
+    const again = await server.post('/token/revocation', { token: value }, { basic: ['svc', secrets.svc!] });
+    expect(again.status).toBe(200);
+    const garbage = await server.post('/token/revocation', { token: 'garbage' }, { basic: ['svc', secrets.svc!] });
+    expect(garbage.status).toBe(200);
+  });
+
+  test('a resource API that may introspect the token may revoke it', async () => {
+    const value = await token('svc');
+    const res = await server.post('/token/revocation', { token: value }, { basic: ['rs-orders', secrets['rs-orders']!] });
+    expect(res.status).toBe(200);
+    expect((await introspect(value)).body).toEqual({ active: false });
+  });
+
+  test('another client may not revoke it', async () => {
+    const value = await token('svc');
+    const res = await server.post('/token/revocation', { token: value }, { basic: ['svc-billing', secrets['svc-billing']!] });
+    expect(res.status).toBe(403);
+    expect(res.body).toMatchObject({ error: 'unauthorized_client' });
+    expect((await introspect(value)).body).toMatchObject({ active: true });
+  });
+
+  test('revocation needs client authentication', async () => {
+    const value = await token('svc');
+    const res = await server.post('/token/revocation', { token: value }, { basic: ['svc', 'wrong'] });
+    expect(res.status).toBe(401);
+    expect(res.body).toEqual({ error: 'invalid_client', error_description: 'client authentication failed' });
+    expect((await introspect(value)).body).toMatchObject({ active: true });
+  });
+});
+
+test('a disabled client\'s tokens introspect inactive', async () => {
+  const value = await token('svc-doomed');
+  expect((await introspect(value)).body).toMatchObject({ active: true });
+  expect((await workspace.cli('client', ['disable', 'svc-doomed'])).code).toBe(0);
+  server = await applyPending(server);
+  const deadline = Date.now() + 11_000;
+  let body: unknown;
+  do {
+    body = (await introspect(value)).body;
+    if ((body as { active: boolean }).active === false) break;
+    await sleep(200);
+  } while (Date.now() < deadline);
+  expect(body).toEqual({ active: false });
+});
