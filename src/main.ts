@@ -1,4 +1,8 @@
-// `npm start`: settings -> storage -> keys -> engine -> HTTP, in that order.
+// `npm start`: settings -> storage -> keys -> engine -> HTTP, in that order. The primary
+// process prepares (migrations, development material); it serves itself when WORKERS=1,
+// and otherwise forks the workers, replaces any that dies, and gathers their metrics.
+import cluster from 'node:cluster';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -7,7 +11,10 @@ import { insertClient } from './clients/register.ts';
 import { ClientRegistry } from './clients/registry.ts';
 import { digestSecret, generateSecret } from './clients/secrets.ts';
 import { buildApp } from './http/app.ts';
+import { createBruteForce } from './oauth/brute-force.ts';
+import { createMetrics, serveClusterMetrics } from './metrics.ts';
 import { createServer, readTlsMaterial, type Handler, type TlsMaterial } from './http/server.ts';
+import type { Server as HttpsServer } from 'node:https';
 import { ensureDevTls } from './keys/dev-tls.ts';
 import { certificateHooks, parseCertificateBundle } from './oauth/client-certificates.ts';
 import { forgetExpired, generateKey, readKeys, type KeySet } from './keys/signing-keys.ts';
@@ -69,37 +76,57 @@ async function createDemoClient(settings: Settings, database: OpenDatabase, logg
   ].join('\n'));
 }
 
-async function main(): Promise<void> {
-  const settings = loadSettings();
-  const logger = createLogger(settings.logLevel);
+/** Migrations and development material: once, in the primary process. */
+async function prepare(settings: Settings, database: OpenDatabase, logger: Logger): Promise<void> {
+  if (settings.migrateOnStart) {
+    const [, applied] = await database.db.migrate.latest();
+    if (applied.length) logger.info({ migrations: applied }, 'applied migrations');
+  }
+  await signingKeys(settings, logger);
+  // Outside production the development CA always exists: it serves TLS and client certificates.
+  if (!settings.production) {
+    await ensureDevTls(settings.keysDir);
+    await createDemoClient(settings, database, logger);
+  }
+}
 
-  const database = openDatabase({ ...settings, poolMax: 10 });
+const TICKET_KEYS_ENV = 'M2M_TLS_TICKET_KEYS';
+
+/** One server process: everything from the client registry to the listener. */
+async function serve(settings: Settings, database: OpenDatabase, logger: Logger): Promise<void> {
   const closers: (() => Promise<void>)[] = [() => database.close()];
   try {
-    if (settings.migrateOnStart) {
-      const [, applied] = await database.db.migrate.latest();
-      if (applied.length) logger.info({ migrations: applied }, 'applied migrations');
-    }
     const keys = await signingKeys(settings, logger);
-    // Outside production the development CA always exists: it serves TLS and client certificates.
-    if (!settings.production) await ensureDevTls(settings.keysDir);
     const tls = await tlsMaterial(settings);
-    if (!settings.production) await createDemoClient(settings, database, logger);
-
-    const registry = new ClientRegistry(database.db, settings.clientCacheSeconds);
+    const metrics = createMetrics();
+    const registry = new ClientRegistry(database.db, {
+      cacheSeconds: settings.clientCacheSeconds,
+      outageGraceSeconds: settings.dbOutageGraceSeconds,
+      onLookup: (result) => metrics.clientCache.inc({ result }),
+    });
     const replay = new ReplayStore(database.db);
     const revocations = new RevocationStore(database.db);
     const clientCaFile = settings.tlsClientCa ?? (settings.production ? undefined : join(settings.keysDir, 'dev-ca.crt'));
     const clientCas = clientCaFile ? parseCertificateBundle(readFileSync(clientCaFile, 'utf8')) : [];
     const certificates = certificateHooks(settings, clientCas, logger);
+    const bruteForce = createBruteForce({
+      perClient: settings.authFailureLimit,
+      perAddress: settings.authFailureAddressLimit,
+      windowSeconds: settings.authFailureWindow,
+    }, database.embedded ? undefined : database.db);
+    const pool = (database.db.client as { pool?: { numUsed(): number; numFree(): number; numPendingAcquires(): number } }).pool;
     const deps = {
-      settings, registry, replay, revocations, logger, certificates,
+      settings, registry, replay, revocations, logger, certificates, bruteForce, metrics,
       pingDatabase: async () => { await database.db.raw('select 1').timeout(2000); },
+      poolStats: () => ({ used: pool?.numUsed() ?? 0, free: pool?.numFree() ?? 0, pending: pool?.numPendingAcquires() ?? 0 }),
     };
 
     let current = keys;
     let handler: Handler = buildApp(deps, current).callback();
     const server = createServer(settings, (req, res) => handler(req, res), tls);
+    // Workers share TLS ticket keys, so a session resumes whichever worker takes the connection.
+    const ticketKeys = process.env[TICKET_KEYS_ENV];
+    if (ticketKeys && settings.tlsMode === 'direct') (server as HttpsServer).setTicketKeys(Buffer.from(ticketKeys, 'base64'));
 
     const reloadKeys = setInterval(() => {
       void (async () => {
@@ -117,7 +144,7 @@ async function main(): Promise<void> {
 
     const purge = setInterval(() => {
       void Promise.all([replay.purgeExpired(), revocations.purgeExpired()])
-        .catch((err: unknown) => logger.warn({ err }, 'purging expired rows failed'));
+        .catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'purging expired rows failed'));
     }, 60_000);
     purge.unref();
     closers.push(async () => clearInterval(purge));
@@ -148,6 +175,7 @@ async function main(): Promise<void> {
       server.close(() => {
         void (async () => {
           for (const close of closers.reverse()) await close().catch(() => {});
+          logger.flush();
           process.exit(0);
         })();
       });
@@ -159,6 +187,54 @@ async function main(): Promise<void> {
     for (const close of closers.reverse()) await close().catch(() => {});
     throw err;
   }
+}
+
+/** WORKERS > 1: fork, replace the dead, stop them all on SIGTERM. */
+function supervise(settings: Settings, logger: Logger): void {
+  serveClusterMetrics();
+  const env = { [TICKET_KEYS_ENV]: randomBytes(48).toString('base64') };
+  let stopping = false;
+  for (let i = 0; i < settings.workers; i += 1) cluster.fork(env);
+  cluster.on('exit', (worker, code, signal) => {
+    if (stopping) {
+      if (Object.keys(cluster.workers ?? {}).length === 0) process.exit(0);
+      return;
+    }
+    logger.error({ worker: worker.id, code, signal }, 'worker died; starting another');
+    cluster.fork(env);
+  });
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal, workers: settings.workers }, 'stopping workers');
+    const force = setTimeout(() => process.exit(1), 10_000);
+    force.unref();
+    for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill(signal);
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+async function main(): Promise<void> {
+  const settings = loadSettings();
+  const logger = createLogger(settings.logLevel);
+  if (cluster.isWorker) {
+    await serve(settings, openDatabase({ ...settings, poolMax: 10 }), logger);
+    return;
+  }
+  const database = openDatabase({ ...settings, poolMax: 10 });
+  try {
+    await prepare(settings, database, logger);
+  } catch (err) {
+    await database.close().catch(() => {});
+    throw err;
+  }
+  if (settings.workers === 1) {
+    await serve(settings, database, logger);
+    return;
+  }
+  await database.close();
+  supervise(settings, logger);
 }
 
 main().catch((err: unknown) => {

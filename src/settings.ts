@@ -33,6 +33,10 @@ export interface Settings {
   trustedProxies: string[];
   /** CLIENT_CERT_HEADER: proxy mode: header with the URL-encoded PEM client certificate. */
   clientCertHeader: string;
+  /** JWKS_URI_ALLOW_PRIVATE: fetch a client's jwks_uri from loopback, private, link-local and other non-public addresses (after DNS resolution); off, such a jwks_uri is refused. */
+  jwksUriAllowPrivate: boolean;
+  /** JWKS_URI_CA: PEM file of CAs trusted for jwks_uri fetches in addition to the system's (for an internal CA). */
+  jwksUriCa: string | undefined;
   /** KEYS_DIR: signing keys and development TLS material. */
   keysDir: string;
   /** ACCESS_TOKEN_TTL: default access-token lifetime, seconds. */
@@ -47,6 +51,14 @@ export interface Settings {
   clientCacheSeconds: number;
   /** MAX_BODY_BYTES: larger request bodies get 413. */
   maxBodyBytes: number;
+  /** AUTH_FAILURE_LIMIT: failed client authentications per client id and source address per window before 429. */
+  authFailureLimit: number;
+  /** AUTH_FAILURE_ADDRESS_LIMIT: failed client authentications per source address per window before 429. */
+  authFailureAddressLimit: number;
+  /** AUTH_FAILURE_WINDOW: seconds over which failures are counted; a blocked key waits out the window. */
+  authFailureWindow: number;
+  /** DB_OUTAGE_GRACE_SECONDS: while the database is unreachable, a client fetched this recently keeps getting tokens. */
+  dbOutageGraceSeconds: number;
   /** WORKERS: server processes (`auto`: one per core); the embedded database allows 1. */
   workers: number;
   /** LOG_LEVEL: pino level of the JSON logs on stdout. */
@@ -147,6 +159,8 @@ export function loadSettings(env: Env = process.env): Settings {
     tlsClientCa: env.TLS_CLIENT_CA || undefined,
     trustedProxies,
     clientCertHeader,
+    jwksUriAllowPrivate: bool(env, 'JWKS_URI_ALLOW_PRIVATE', false),
+    jwksUriCa: env.JWKS_URI_CA || undefined,
     keysDir: resolve(env.KEYS_DIR || 'keys'),
     accessTokenTtl,
     maxAccessTokenTtl,
@@ -154,6 +168,10 @@ export function loadSettings(env: Env = process.env): Settings {
     keysReloadSeconds: integer(env, 'KEYS_RELOAD_SECONDS', 30, 1, 60),
     clientCacheSeconds: integer(env, 'CLIENT_CACHE_SECONDS', 10, 0, 10),
     maxBodyBytes: integer(env, 'MAX_BODY_BYTES', 16384, 1024, 1048576),
+    authFailureLimit: integer(env, 'AUTH_FAILURE_LIMIT', 10, 1, 100000),
+    authFailureAddressLimit: integer(env, 'AUTH_FAILURE_ADDRESS_LIMIT', 100, 1, 1000000),
+    authFailureWindow: integer(env, 'AUTH_FAILURE_WINDOW', 300, 1, 86400),
+    dbOutageGraceSeconds: integer(env, 'DB_OUTAGE_GRACE_SECONDS', 300, 0, 86400),
     workers,
     logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const),
     production,

@@ -218,7 +218,7 @@ describe('the front door', () => {
     const res = await server.fetch('/token', {
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
-      body: new ReadableStream({ start(c) { c.enqueue(new TextEncoder().encode('grant_type=client_credentials')); c.close(); } }),
+      body: new ReadableStream({ start(c) { c.enqueue(new TextEncoder().encode('grant_type=client_credentials')); c.close(); } }) as never,
       duplex: 'half',
     });
     expect(res.status).toBe(411);

@@ -162,7 +162,7 @@ program.command('list')
   .action((options: { json?: boolean }) => run(async () => {
     const database = openDatabase(settings);
     try {
-      const clients = await new ClientRegistry(database.db, 0).list();
+      const clients = await new ClientRegistry(database.db, { cacheSeconds: 0 }).list();
       const rows = clients.map((c) => ({
         client_id: c.clientId,
         auth: c.authMethod,

@@ -69,33 +69,56 @@ function epochSeconds(value: Date | string | null): number | null {
   return value === null ? null : Math.floor(new Date(value).getTime() / 1000);
 }
 
+export type CacheResult = 'hit' | 'miss' | 'stale';
+
+export interface RegistryOptions {
+  /** How long an entry is served without asking the database (CLIENT_CACHE_SECONDS). */
+  cacheSeconds: number;
+  /** While the database is unreachable, entries fetched this recently are still served (DB_OUTAGE_GRACE_SECONDS). */
+  outageGraceSeconds?: number;
+  onLookup?: (result: CacheResult) => void;
+}
+
 export class ClientRegistry {
   readonly #db: Database;
   readonly #ttlMs: number;
-  readonly #cache = new Map<string, { record: ClientRecord | undefined; until: number }>();
+  readonly #graceMs: number;
+  readonly #onLookup: (result: CacheResult) => void;
+  readonly #cache = new Map<string, { record: ClientRecord | undefined; fetchedAt: number }>();
 
-  constructor(db: Database, cacheSeconds: number) {
+  constructor(db: Database, options: RegistryOptions) {
     this.#db = db;
-    this.#ttlMs = cacheSeconds * 1000;
+    this.#ttlMs = options.cacheSeconds * 1000;
+    this.#graceMs = (options.outageGraceSeconds ?? 0) * 1000;
+    this.#onLookup = options.onLookup ?? (() => {});
   }
 
   /** The client as the database has it (enabled or not), or undefined when unknown. */
   async find(clientId: string): Promise<ClientRecord | undefined> {
     const now = Date.now();
     const hit = this.#cache.get(clientId);
-    if (hit && hit.until > now) return hit.record;
-    const record = await query(() => this.#load(clientId));
+    if (hit && now - hit.fetchedAt < this.#ttlMs) {
+      this.#onLookup('hit');
+      return hit.record;
+    }
+    let record: ClientRecord | undefined;
+    try {
+      record = await query(() => this.#load(clientId));
+    } catch (err) {
+      // Tokens are stateless: a client known moments ago keeps working through a failover.
+      if (hit && now - hit.fetchedAt < this.#graceMs) {
+        this.#onLookup('stale');
+        return hit.record;
+      }
+      throw err;
+    }
+    this.#onLookup('miss');
     // Unknown ids are cached too, so a flood of made-up ids cannot reach the database.
     if (this.#ttlMs > 0) {
       if (this.#cache.size > 10_000) this.#cache.clear();
-      this.#cache.set(clientId, { record, until: now + this.#ttlMs });
+      this.#cache.set(clientId, { record, fetchedAt: now });
     }
     return record;
-  }
-
-  /** The cached entry even when stale, for riding out a database outage. */
-  stale(clientId: string): ClientRecord | undefined {
-    return this.#cache.get(clientId)?.record;
   }
 
   invalidate(clientId?: string): void {

@@ -5,6 +5,7 @@ import type { Middleware } from 'koa';
 import type Provider from 'oidc-provider';
 
 import type { ClientRegistry } from '../clients/registry.ts';
+import { metricsText, type Metrics } from '../metrics.ts';
 import type { KeySet } from '../keys/signing-keys.ts';
 import type { Logger } from '../log.ts';
 import type { Settings } from '../settings.ts';
@@ -16,7 +17,10 @@ import { authenticatedClient } from '../oauth/client-auth.ts';
 import { metadata } from '../oauth/discovery.ts';
 import { createEngine } from '../oauth/engine.ts';
 import { introspection } from '../oauth/introspection.ts';
+import type { BruteForce } from '../oauth/brute-force.ts';
 import { revocation } from '../oauth/revocation.ts';
+import { audit, clientIdAsSent, recordRefusal } from './audit.ts';
+import { clientAddress } from './client-address.ts';
 
 export interface AppDeps {
   settings: Settings;
@@ -26,7 +30,10 @@ export interface AppDeps {
   logger: Logger;
   /** Resolves when the database answers; rejects otherwise. */
   pingDatabase: () => Promise<void>;
+  poolStats: () => { used: number; free: number; pending: number };
   certificates: CertificateHooks;
+  bruteForce: BruteForce;
+  metrics: Metrics;
 }
 
 /** Every endpoint and its methods; anything else is 404 or 405 before it reaches the engine. */
@@ -39,7 +46,11 @@ const ENDPOINTS: Record<string, string[]> = {
   '/.well-known/openid-configuration': ['GET', 'HEAD'],
   '/healthz': ['GET', 'HEAD'],
   '/readyz': ['GET', 'HEAD'],
+  '/metrics': ['GET', 'HEAD'],
 };
+
+/** Endpoints where a client authenticates, and so where brute force is limited. */
+const AUTHENTICATING = new Set(['/token', '/token/introspection', '/token/revocation']);
 
 function jsonError(ctx: Parameters<Middleware>[0], status: number, error: string, description: string): void {
   ctx.status = status;
@@ -47,13 +58,36 @@ function jsonError(ctx: Parameters<Middleware>[0], status: number, error: string
   ctx.body = { error, error_description: description };
 }
 
-function frontDoor(settings: Settings, logger: Logger): Middleware {
+function frontDoor(deps: AppDeps): Middleware {
+  const { settings, logger, bruteForce, metrics } = deps;
+  const addressOf = clientAddress(settings);
   return async (ctx, next) => {
+    const startedAt = process.hrtime.bigint();
+    const address = addressOf(ctx.req);
+    ctx.state.address = address;
     ctx.set('x-content-type-options', 'nosniff');
     ctx.set('x-frame-options', 'DENY');
     ctx.set('content-security-policy', "default-src 'none'; frame-ancestors 'none'");
     ctx.set('referrer-policy', 'no-referrer');
     ctx.set('strict-transport-security', 'max-age=63072000');
+    try {
+      await guarded(ctx, next);
+    } catch (err) {
+      logger.error({ err, path: ctx.path }, 'unhandled error');
+      jsonError(ctx, 500, 'server_error', 'internal error');
+    }
+    if (ctx.status === 503) ctx.set('retry-after', '5');
+    // Machine clients only: no browser is to read these answers cross-origin.
+    for (const header of Object.keys(ctx.response.headers)) {
+      if (header.startsWith('access-control-')) ctx.remove(header);
+    }
+    if (AUTHENTICATING.has(ctx.path) && ctx.status === 401) {
+      bruteForce.failed(address, clientIdAsSent(ctx)).catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'counting a failed authentication failed'));
+    }
+    audit(ctx, logger, metrics, address, startedAt);
+  };
+
+  async function guarded(ctx: Parameters<Middleware>[0], next: () => Promise<unknown>): Promise<void> {
     const methods = ENDPOINTS[ctx.path];
     if (!methods) return jsonError(ctx, 404, 'invalid_request', 'no such endpoint');
     if (!methods.includes(ctx.method)) {
@@ -68,40 +102,35 @@ function frontDoor(settings: Settings, logger: Logger): Middleware {
         return jsonError(ctx, 413, 'invalid_request', `the request body exceeds ${settings.maxBodyBytes} bytes`);
       }
     }
-    try {
-      await next();
-    } catch (err) {
-      logger.error({ err, path: ctx.path }, 'unhandled error');
-      jsonError(ctx, 500, 'server_error', 'internal error');
+    if (AUTHENTICATING.has(ctx.path)) {
+      const waitMs = await bruteForce.blockedFor(ctx.state.address as string);
+      if (waitMs > 0) return tooManyAttempts(ctx, waitMs);
     }
-    if (ctx.status === 503) ctx.set('retry-after', '5');
-    // Machine clients only: no browser is to read these answers cross-origin.
-    for (const header of Object.keys(ctx.response.headers)) {
-      if (header.startsWith('access-control-')) ctx.remove(header);
-    }
-  };
+    await next();
+  }
 }
 
-function refusalLogger(provider: Provider, logger: Logger): void {
-  const log = (event: string) => (ctx: { oidc?: { params?: { client_id?: unknown }; client?: { clientId: string } } }, err: {
-    error?: string; error_detail?: string; error_description?: string; status?: number;
-  }) => {
-    // The internal reason (error_detail) is for the log only; the caller sees the generic description.
-    logger.info({
-      event, error: err.error, reason: err.error_detail ?? err.error_description, status: err.status,
-      client_id: ctx.oidc?.client?.clientId ?? (typeof ctx.oidc?.params?.client_id === 'string' ? ctx.oidc.params.client_id : undefined),
-    }, 'request refused');
+export function tooManyAttempts(ctx: Parameters<Middleware>[0], waitMs: number): void {
+  jsonError(ctx, 429, 'temporarily_unavailable', 'too many failed authentication attempts; retry later');
+  ctx.set('retry-after', String(Math.max(1, Math.ceil(waitMs / 1000))));
+}
+
+// The engine knows why it refused (error_detail); the caller sees only the generic
+// description, and the audit line records the reason.
+function recordRefusals(provider: Provider, logger: Logger): void {
+  const record = (ctx: Parameters<Middleware>[0], err: { error_detail?: string; error_description?: string; message?: string }) => {
+    recordRefusal(ctx, err.error_detail ?? err.error_description ?? err.message);
   };
-  provider.on('grant.error', log('grant.error'));
-  provider.on('introspection.error', log('introspection.error'));
-  provider.on('revocation.error', log('revocation.error'));
+  provider.on('grant.error', record);
+  provider.on('introspection.error', record);
+  provider.on('revocation.error', record);
   provider.on('server_error', (_ctx: unknown, err: Error) => logger.error({ err }, 'engine error'));
 }
 
 /** Builds the whole app for one key set; rebuilt when the signing keys change. */
 export function buildApp(deps: AppDeps, keys: KeySet): Provider {
   const { settings, registry, replay, revocations, logger, certificates } = deps;
-  const provider = createEngine({ settings, registry, replay, keys, certificates });
+  const provider = createEngine({ settings, registry, replay, keys, certificates, logger, bruteForce: deps.bruteForce });
   const verifier = tokenVerifier(settings.issuer, keys);
   const tokenDeps = { verify: () => verifier, registry, revocations };
   const jwks = { keys: keys.published.map((k) => k.jwk) };
@@ -122,6 +151,20 @@ export function buildApp(deps: AppDeps, keys: KeySet): Provider {
       ctx.body = { status: 'unready', database: 'unreachable', signing_key: keys.signer?.kid };
     }
   });
+  router.get('/metrics', async (ctx) => {
+    const now = Date.now() / 1000;
+    deps.metrics.keyAge.reset();
+    for (const key of keys.published) {
+      deps.metrics.keyAge.set({ kid: key.kid, state: key === keys.signer ? 'signing' : key.retiredAt ? 'retired' : 'published' }, now - key.publishedAt);
+    }
+    const pool = deps.poolStats();
+    deps.metrics.poolConnections.set({ state: 'used' }, pool.used);
+    deps.metrics.poolConnections.set({ state: 'free' }, pool.free);
+    deps.metrics.poolConnections.set({ state: 'pending' }, pool.pending);
+    ctx.set('cache-control', 'no-store');
+    ctx.type = 'text/plain; version=0.0.4; charset=utf-8';
+    ctx.body = await metricsText(deps.metrics);
+  });
   router.get('/jwks', (ctx) => {
     ctx.set('cache-control', `public, max-age=${settings.jwksMaxAge}`);
     ctx.type = 'application/jwk-set+json';
@@ -138,8 +181,8 @@ export function buildApp(deps: AppDeps, keys: KeySet): Provider {
   router.post('revocation', '/token/revocation',
     ...authenticatedClient(provider, 'revocation', ['token', 'token_type_hint']), revocation(tokenDeps));
 
-  provider.use(frontDoor(settings, logger));
+  provider.use(frontDoor(deps));
   provider.use(router.routes());
-  refusalLogger(provider, logger);
+  recordRefusals(provider, logger);
   return provider;
 }

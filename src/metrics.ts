@@ -1,0 +1,74 @@
+// Prometheus metrics. Each worker counts its own (labelled `worker`); with several workers
+// the primary process gathers them all for whichever worker answers GET /metrics.
+import cluster from 'node:cluster';
+import { randomUUID } from 'node:crypto';
+
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface Metrics {
+  registry: Registry;
+  tokensIssued: Counter<'client_id' | 'method'>;
+  refusals: Counter<'endpoint' | 'error' | 'reason'>;
+  requestDuration: Histogram<'endpoint' | 'status'>;
+  keyAge: Gauge<'kid' | 'state'>;
+  poolConnections: Gauge<'state'>;
+  clientCache: Counter<'result'>;
+}
+
+export function createMetrics(): Metrics {
+  const registry = new Registry();
+  registry.setDefaultLabels({ worker: String(cluster.worker?.id ?? 0) });
+  collectDefaultMetrics({ register: registry, prefix: 'm2m_process_' });
+  // prom-client answers the primary's collection requests from these registries.
+  if (cluster.isWorker) AggregatorRegistry.setRegistries([registry]);
+  return {
+    registry,
+    tokensIssued: new Counter({ name: 'm2m_tokens_issued_total', help: 'Access tokens issued', labelNames: ['client_id', 'method'], registers: [registry] }),
+    refusals: new Counter({ name: 'm2m_refusals_total', help: 'Requests refused, by endpoint, error code and internal reason', labelNames: ['endpoint', 'error', 'reason'], registers: [registry] }),
+    requestDuration: new Histogram({
+      name: 'm2m_request_duration_seconds',
+      help: 'Request latency by endpoint',
+      labelNames: ['endpoint', 'status'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [registry],
+    }),
+    keyAge: new Gauge({ name: 'm2m_signing_key_age_seconds', help: 'Age of each published signing key', labelNames: ['kid', 'state'], registers: [registry], aggregator: 'max' }),
+    poolConnections: new Gauge({ name: 'm2m_db_pool_connections', help: 'Database pool connections by state', labelNames: ['state'], registers: [registry] }),
+    clientCache: new Counter({ name: 'm2m_client_cache_lookups_total', help: 'Client lookups by cache result (hit, miss, stale during an outage)', labelNames: ['result'], registers: [registry] }),
+  };
+}
+
+const REQUEST = 'm2m:metrics';
+const REPLY = 'm2m:metrics:reply';
+
+/** Primary process: answers workers' requests for everyone's metrics. */
+export function serveClusterMetrics(): void {
+  const aggregator = new AggregatorRegistry();
+  cluster.on('message', (worker, message: { type?: string; id?: string }) => {
+    if (message?.type !== REQUEST) return;
+    aggregator.clusterMetrics()
+      .then((text) => worker.send({ type: REPLY, id: message.id, text }))
+      .catch((err: Error) => worker.send({ type: REPLY, id: message.id, error: err.message }));
+  });
+}
+
+/** The text for GET /metrics: this process's, or, in a worker, every worker's. */
+export async function metricsText(metrics: Metrics): Promise<string> {
+  if (!cluster.isWorker) return metrics.registry.metrics();
+  const id = randomUUID();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      process.off('message', onMessage);
+      reject(new Error('the primary process did not answer for metrics'));
+    }, 5000);
+    const onMessage = (message: { type?: string; id?: string; text?: string; error?: string }) => {
+      if (message?.type !== REPLY || message.id !== id) return;
+      clearTimeout(timer);
+      process.off('message', onMessage);
+      if (message.error !== undefined) reject(new Error(message.error));
+      else resolve(message.text ?? '');
+    };
+    process.on('message', onMessage);
+    process.send!({ type: REQUEST, id });
+  });
+}

@@ -1,0 +1,61 @@
+// Brute-force limits on client authentication. Failed attempts are counted per client id
+// and source address, and per source address; over a limit, that key gets 429 until its
+// window ends. A client that authenticates from another address is never locked out by
+// an attacker's failures. Counts live in PostgreSQL (shared by workers and instances);
+// the embedded database has one process, so memory serves there.
+import type { Knex } from 'knex';
+import { RateLimiterMemory, RateLimiterPostgres, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+
+export interface BruteForceLimits {
+  perClient: number;
+  perAddress: number;
+  windowSeconds: number;
+}
+
+export interface BruteForce {
+  /** Milliseconds until `address` (and `clientId` from it) may try again; 0 when allowed. */
+  blockedFor(address: string, clientId?: string): Promise<number>;
+  /** Counts one failed authentication. */
+  failed(address: string, clientId: string | undefined): Promise<void>;
+}
+
+export function createBruteForce(limits: BruteForceLimits, db: Knex | undefined): BruteForce {
+  const make = (points: number, keyPrefix: string): RateLimiterAbstract => {
+    const options = { points, duration: limits.windowSeconds, keyPrefix };
+    if (!db) return new RateLimiterMemory(options);
+    return new RateLimiterPostgres({
+      ...options,
+      storeClient: db,
+      storeType: 'knex',
+      tableName: 'auth_failures',
+      tableCreated: true,
+      // If the database is down, keep limiting in this process rather than not at all.
+      insuranceLimiter: new RateLimiterMemory(options),
+    });
+  };
+  const perClient = make(limits.perClient, 'client');
+  const perAddress = make(limits.perAddress, 'address');
+  const clientKey = (address: string, clientId: string) => `${clientId}\u0000${address}`;
+
+  const remaining = async (limiter: RateLimiterAbstract, key: string, max: number): Promise<number> => {
+    const state = await limiter.get(key).catch(() => null);
+    return state && state.consumedPoints >= max ? state.msBeforeNext : 0;
+  };
+
+  return {
+    async blockedFor(address, clientId) {
+      const byAddress = await remaining(perAddress, address, limits.perAddress);
+      if (byAddress || clientId === undefined) return byAddress;
+      return remaining(perClient, clientKey(address, clientId), limits.perClient);
+    },
+    async failed(address, clientId) {
+      const consume = (limiter: RateLimiterAbstract, key: string) => limiter.consume(key).catch((res: unknown) => {
+        if (!(res instanceof RateLimiterRes)) throw res;
+      });
+      await Promise.all([
+        consume(perAddress, address),
+        clientId === undefined ? undefined : consume(perClient, clientKey(address, clientId)),
+      ]);
+    },
+  };
+}
