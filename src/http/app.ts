@@ -84,7 +84,11 @@ function frontDoor(deps: AppDeps): Middleware {
     if (AUTHENTICATING.has(ctx.path) && ctx.status === 401) {
       bruteForce.failed(address, clientIdAsSent(ctx)).catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'counting a failed authentication failed'));
     }
-    audit(ctx, logger, metrics, address, startedAt);
+    try {
+      audit(ctx, logger, metrics, address, startedAt);
+    } catch (err) {
+      logger.error({ err }, 'writing the audit line failed');
+    }
   };
 
   async function guarded(ctx: Parameters<Middleware>[0], next: () => Promise<unknown>): Promise<void> {
@@ -125,6 +129,8 @@ function recordRefusals(provider: Provider, logger: Logger): void {
   provider.on('introspection.error', record);
   provider.on('revocation.error', record);
   provider.on('server_error', (_ctx: unknown, err: Error) => logger.error({ err }, 'engine error'));
+  // Koa's own last resort: anything that escaped every handler.
+  provider.on('error', (err: Error) => logger.error({ err }, 'unhandled error'));
 }
 
 /** Builds the whole app for one key set; rebuilt when the signing keys change. */

@@ -19,7 +19,8 @@ export function recordRefusal(ctx: Context, reason: string | undefined): void {
 
 function decodePart(token: string, index: 0 | 1): Record<string, unknown> {
   try {
-    return JSON.parse(Buffer.from(token.split('.')[index] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
+    const parsed: unknown = JSON.parse(Buffer.from(token.split('.')[index] ?? '', 'base64url').toString('utf8'));
+    return typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? parsed as Record<string, unknown> : {};
   } catch {
     return {};
   }
