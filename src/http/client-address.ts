@@ -2,14 +2,21 @@
 // forwarded (X-Forwarded-For, read right to left, trusting only TRUSTED_PROXIES).
 import type { IncomingMessage } from 'node:http';
 
+import ipaddr from 'ipaddr.js';
 import proxyAddr from 'proxy-addr';
 
 import type { Settings } from '../settings.ts';
 
+/** IPv4 clients of a dual-stack listener appear as ::ffff:a.b.c.d; one address, one form. */
+function canonical(address: string | undefined): string {
+  if (!address || !ipaddr.isValid(address)) return 'unknown';
+  return ipaddr.process(address).toString();
+}
+
 export function clientAddress(settings: Settings): (req: IncomingMessage) => string {
   if (settings.tlsMode !== 'proxy' || settings.trustedProxies.length === 0) {
-    return (req) => req.socket.remoteAddress ?? 'unknown';
+    return (req) => canonical(req.socket.remoteAddress);
   }
   const trust = proxyAddr.compile(settings.trustedProxies);
-  return (req) => proxyAddr(req, trust);
+  return (req) => canonical(proxyAddr(req, trust));
 }
