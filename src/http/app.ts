@@ -82,7 +82,8 @@ function frontDoor(deps: AppDeps): Middleware {
       if (header.startsWith('access-control-')) ctx.remove(header);
     }
     if (AUTHENTICATING.has(ctx.path) && ctx.status === 401) {
-      bruteForce.failed(address, clientIdAsSent(ctx)).catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'counting a failed authentication failed'));
+      // Counted before the answer leaves, so the next attempt already sees it.
+      await bruteForce.failed(address, clientIdAsSent(ctx)).catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'counting a failed authentication failed'));
     }
     try {
       audit(ctx, logger, metrics, address, startedAt);
