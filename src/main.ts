@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { insertClient } from './clients/register.ts';
 import { ClientRegistry } from './clients/registry.ts';
 import { digestSecret, generateSecret } from './clients/secrets.ts';
-import { buildApp } from './http/app.ts';
+import { buildApp, type Lifecycle } from './http/app.ts';
 import { createBruteForce } from './oauth/brute-force.ts';
 import { createMetrics, serveClusterMetrics } from './metrics.ts';
 import { createServer, readTlsMaterial, type Handler, type TlsMaterial } from './http/server.ts';
@@ -115,8 +115,9 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       windowSeconds: settings.authFailureWindow,
     }, database.embedded ? undefined : database.db);
     const pool = (database.db.client as { pool?: { numUsed(): number; numFree(): number; numPendingAcquires(): number } }).pool;
+    const lifecycle: Lifecycle = { draining: false, inFlight: 0 };
     const deps = {
-      settings, registry, replay, revocations, logger, certificates, bruteForce, metrics,
+      settings, registry, replay, revocations, logger, certificates, bruteForce, metrics, lifecycle,
       pingDatabase: async () => { await database.db.raw('select 1').timeout(2000); },
       poolStats: () => ({ used: pool?.numUsed() ?? 0, free: pool?.numFree() ?? 0, pending: pool?.numPendingAcquires() ?? 0 }),
     };
@@ -169,17 +170,31 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     const stop = (signal: string) => {
       if (stopping) return;
       stopping = true;
-      logger.info({ signal }, 'stopping: finishing requests in flight');
-      const force = setTimeout(() => process.exit(1), 10_000);
+      logger.info({ signal, in_flight: lifecycle.inFlight }, 'stopping: finishing requests in flight');
+      const force = setTimeout(() => {
+        logger.error({ in_flight: lifecycle.inFlight }, 'requests still in flight after 10 s; exiting');
+        process.exit(1);
+      }, 10_000);
       force.unref();
-      server.close(() => {
-        void (async () => {
-          for (const close of closers.reverse()) await close().catch(() => {});
-          logger.flush();
-          process.exit(0);
-        })();
-      });
-      (server as import('node:http').Server).closeIdleConnections?.();
+      // Drain first: answers now close their connections, and requests already on the wire
+      // are read and finished. Only once nothing has been in flight for a moment does the
+      // listener close (which also drops idle keep-alive connections).
+      lifecycle.draining = true;
+      const started = Date.now();
+      let quietSince = Date.now();
+      const waitForQuiet = setInterval(() => {
+        if (lifecycle.inFlight > 0) quietSince = Date.now();
+        if (Date.now() - quietSince < 250 && Date.now() - started < 3000) return;
+        clearInterval(waitForQuiet);
+        server.close(() => {
+          void (async () => {
+            for (const close of closers.reverse()) await close().catch(() => {});
+            logger.info({}, 'stopped');
+            logger.flush();
+            process.exit(0);
+          })();
+        });
+      }, 50);
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));

@@ -84,7 +84,7 @@ test('arbitrary methods, paths and headers', async () => {
 
 test('JWT-shaped client assertions and tokens', async () => {
   await fc.assert(fc.asyncProperty(jwtShaped, fc.constantFrom('/token', '/token/introspection', '/token/revocation'), async (jwt, path) => {
-    const fields = path === '/token'
+    const fields: Record<string, string> = path === '/token'
       ? { grant_type: 'client_credentials', client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer', client_assertion: jwt }
       : { token: jwt };
     const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded' };

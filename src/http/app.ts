@@ -34,6 +34,13 @@ export interface AppDeps {
   certificates: CertificateHooks;
   bruteForce: BruteForce;
   metrics: Metrics;
+  /** Shared with the shutdown logic: requests in flight, and whether the server is draining. */
+  lifecycle: Lifecycle;
+}
+
+export interface Lifecycle {
+  draining: boolean;
+  inFlight: number;
 }
 
 /** Every endpoint and its methods; anything else is 404 or 405 before it reaches the engine. */
@@ -59,10 +66,21 @@ function jsonError(ctx: Parameters<Middleware>[0], status: number, error: string
 }
 
 function frontDoor(deps: AppDeps): Middleware {
-  const { settings, logger, bruteForce, metrics } = deps;
+  const { settings, logger, bruteForce, metrics, lifecycle } = deps;
   const addressOf = clientAddress(settings);
   return async (ctx, next) => {
+    lifecycle.inFlight += 1;
+    try {
+      await handle(ctx, next);
+    } finally {
+      lifecycle.inFlight -= 1;
+    }
+  };
+
+  async function handle(ctx: Parameters<Middleware>[0], next: () => Promise<unknown>): Promise<void> {
     const startedAt = process.hrtime.bigint();
+    // While draining, every answer closes its connection, so keep-alive clients move on.
+    if (lifecycle.draining) ctx.set('connection', 'close');
     const address = addressOf(ctx.req);
     ctx.state.address = address;
     ctx.set('x-content-type-options', 'nosniff');
@@ -90,7 +108,7 @@ function frontDoor(deps: AppDeps): Middleware {
     } catch (err) {
       logger.error({ err }, 'writing the audit line failed');
     }
-  };
+  }
 
   async function guarded(ctx: Parameters<Middleware>[0], next: () => Promise<unknown>): Promise<void> {
     const methods = ENDPOINTS[ctx.path];
@@ -131,7 +149,7 @@ function recordRefusals(provider: Provider, logger: Logger): void {
   provider.on('revocation.error', record);
   provider.on('server_error', (_ctx: unknown, err: Error) => logger.error({ err }, 'engine error'));
   // Koa's own last resort: anything that escaped every handler.
-  provider.on('error', (err: Error) => logger.error({ err }, 'unhandled error'));
+  (provider as unknown as NodeJS.EventEmitter).on('error', (err: Error) => logger.error({ err }, 'unhandled error'));
 }
 
 /** Builds the whole app for one key set; rebuilt when the signing keys change. */
