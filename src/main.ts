@@ -21,6 +21,7 @@ import { forgetExpired, generateKey, readKeys, type KeySet } from './keys/signin
 import { createLogger, type Logger } from './log.ts';
 import { loadSettings, SettingError, type Settings } from './settings.ts';
 import { openDatabase, type OpenDatabase } from './storage/database.ts';
+import { databaseAnswered } from './storage/errors.ts';
 import { listenForClientChanges, type Listener } from './storage/notifications.ts';
 import { ReplayStore } from './storage/replay.ts';
 import { RevocationStore } from './storage/revocations.ts';
@@ -118,7 +119,10 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     const lifecycle: Lifecycle = { draining: false, inFlight: 0 };
     const deps = {
       settings, registry, replay, revocations, logger, certificates, bruteForce, metrics, lifecycle,
-      pingDatabase: async () => { await database.db.raw('select 1').timeout(2000); },
+      pingDatabase: async () => {
+        await database.db.raw('select 1').timeout(2000);
+        databaseAnswered();
+      },
       poolStats: () => ({ used: pool?.numUsed() ?? 0, free: pool?.numFree() ?? 0, pending: pool?.numPendingAcquires() ?? 0 }),
     };
 
@@ -234,10 +238,10 @@ async function main(): Promise<void> {
   const settings = loadSettings();
   const logger = createLogger(settings.logLevel);
   if (cluster.isWorker) {
-    await serve(settings, openDatabase({ ...settings, poolMax: 10 }), logger);
+    await serve(settings, openDatabase({ ...settings, poolMax: 10, logger }), logger);
     return;
   }
-  const database = openDatabase({ ...settings, poolMax: 10 });
+  const database = openDatabase({ ...settings, poolMax: 10, logger });
   try {
     await prepare(settings, database, logger);
   } catch (err) {

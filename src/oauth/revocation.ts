@@ -5,7 +5,8 @@
 import type { Middleware } from 'koa';
 import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 
-import type { EngineClient } from './engine.ts';
+import { StorageUnavailable } from '../storage/errors.ts';
+import { TemporarilyUnavailable, type EngineClient } from './engine.ts';
 import { liveToken, mayIntrospect, tokenParam, type TokenCheckDeps } from './introspection.ts';
 
 export function revocation(deps: TokenCheckDeps): Middleware {
@@ -20,7 +21,9 @@ export function revocation(deps: TokenCheckDeps): Middleware {
         err.status = err.statusCode = 403;
         throw err;
       }
-      await deps.revocations.revoke(claims.jti, claims.exp);
+      await deps.revocations.revoke(claims.jti, claims.exp).catch((err: unknown) => {
+        throw err instanceof StorageUnavailable ? new TemporarilyUnavailable() : err;
+      });
     }
     ctx.status = 200;
     ctx.body = '';

@@ -14,6 +14,8 @@ export interface DatabaseOptions {
   migrationsDir: string;
   /** Pool size for a PostgreSQL server; PGlite always has one connection. */
   poolMax?: number;
+  /** Where knex's own warnings go (otherwise the console). */
+  logger?: { warn(obj: object, msg: string): void; debug(obj: object, msg: string): void };
 }
 
 export function knexConfig(options: DatabaseOptions): Knex.Config {
@@ -22,10 +24,17 @@ export function knexConfig(options: DatabaseOptions): Knex.Config {
     loadExtensions: ['.ts'],
     tableName: 'knex_migrations',
   };
+  const log = options.logger && {
+    warn: (message: unknown) => options.logger!.warn({ detail: String(message) }, 'database warning'),
+    error: (message: unknown) => options.logger!.warn({ detail: String(message) }, 'database error'),
+    deprecate: (message: unknown) => options.logger!.debug({ detail: String(message) }, 'database deprecation'),
+    debug: (message: unknown) => options.logger!.debug({ detail: String(message) }, 'database debug'),
+  };
   if (options.databaseUrl) {
     return {
+      ...(log ? { log } : {}),
       client: 'pg',
-      connection: { connectionString: options.databaseUrl, statement_timeout: 5000, connectionTimeoutMillis: 3000 },
+      connection: { connectionString: options.databaseUrl, statement_timeout: 3000, query_timeout: 4000, connectionTimeoutMillis: 3000 },
       pool: { min: 0, max: options.poolMax ?? 10, acquireTimeoutMillis: 3000 },
       acquireConnectionTimeout: 3000,
       migrations,

@@ -12,6 +12,11 @@ export class StorageUnavailable extends Error {
 const FAIL_FAST_MS = 1000;
 let failedAt = 0;
 
+/** A direct check (readiness) reached the database: stop failing fast at once. */
+export function databaseAnswered(): void {
+  failedAt = 0;
+}
+
 /** Runs a query; any failure of the database itself becomes StorageUnavailable. */
 export async function query<T>(run: () => Promise<T>): Promise<T> {
   if (Date.now() - failedAt < FAIL_FAST_MS) throw new StorageUnavailable(new Error('the database failed moments ago'));
