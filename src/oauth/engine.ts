@@ -8,7 +8,10 @@ import type { ClientRecord, ClientRegistry } from '../clients/registry.ts';
 import { secretMatches } from '../clients/secrets.ts';
 import type { KeySet } from '../keys/signing-keys.ts';
 import type { Settings } from '../settings.ts';
+import type { Logger } from '../log.ts';
+import type { BruteForce } from './brute-force.ts';
 import type { CertificateHooks } from './client-certificates.ts';
+import { useRemoteJwks } from './jwks-uri.ts';
 import { StorageUnavailable } from '../storage/errors.ts';
 import type { ReplayStore } from '../storage/replay.ts';
 
@@ -34,12 +37,24 @@ export class TemporarilyUnavailable extends errors.OIDCProviderError {
   }
 }
 
+export class TooManyAttempts extends errors.OIDCProviderError {
+  constructor() {
+    super(429, 'temporarily_unavailable');
+    this.error_description = 'too many failed authentication attempts; retry later';
+    this.expose = true;
+  }
+}
+
 export interface EngineDeps {
   settings: Settings;
   registry: ClientRegistry;
   replay: ReplayStore;
   keys: KeySet;
   certificates: CertificateHooks;
+  /** Where a failed jwks_uri fetch is reported. */
+  logger?: Logger;
+  /** Brute-force limits, checked when the engine looks a client up. */
+  bruteForce?: BruteForce;
 }
 
 /** What the engine keeps about a client beyond standard metadata. */
@@ -82,7 +97,7 @@ function engineMetadata(record: ClientRecord): AdapterPayload {
 }
 
 /** The engine asks its adapter for clients only; tokens are JWTs and are never stored. */
-function adapterFor(registry: ClientRegistry) {
+function adapterFor(registry: ClientRegistry, bruteForce: BruteForce | undefined) {
   return class EngineAdapter implements Adapter {
     readonly #name: string;
 
@@ -92,6 +107,17 @@ function adapterFor(registry: ClientRegistry) {
 
     async find(id: string): Promise<AdapterPayload | undefined> {
       if (this.#name !== 'Client') return undefined;
+      // The engine looks the client up before it checks any credential: the place to stop
+      // a client id that this address has failed too often for.
+      const ctx = Provider.ctx as { state?: { address?: string }; set?: (name: string, value: string) => void } | undefined;
+      const address = ctx?.state?.address;
+      if (bruteForce && address) {
+        const waitMs = await bruteForce.blockedFor(address, id);
+        if (waitMs > 0) {
+          ctx.set?.('retry-after', String(Math.max(1, Math.ceil(waitMs / 1000))));
+          throw new TooManyAttempts();
+        }
+      }
       let record: ClientRecord | undefined;
       try {
         record = await registry.find(id);
@@ -122,13 +148,13 @@ function tokenTtl(settings: Settings, client: EngineClient | undefined): number 
   return Math.min(client?.m2m_ttl ?? settings.accessTokenTtl, settings.maxAccessTokenTtl);
 }
 
-export function createEngine({ settings, registry, replay, keys, certificates }: EngineDeps): Provider {
+export function createEngine({ settings, registry, replay, keys, certificates, logger, bruteForce }: EngineDeps): Provider {
   const signer = keys.signer;
   if (!signer?.privateKey) throw new Error('no signing key: run `npm run keys -- generate`');
   const signingJwk = { ...signer.privateKey.export({ format: 'jwk' }), kid: signer.kid, alg: 'RS256', use: 'sig' };
 
   const configuration: Configuration = {
-    adapter: adapterFor(registry),
+    adapter: adapterFor(registry, bruteForce),
     clients: [],
     jwks: { keys: [signingJwk as never] },
     clientAuthMethods: AUTH_METHODS_SUPPORTED as Configuration['clientAuthMethods'],
@@ -237,6 +263,8 @@ export function createEngine({ settings, registry, replay, keys, certificates }:
       throw err;
     }
   };
+
+  useRemoteJwks(provider, { allowPrivate: settings.jwksUriAllowPrivate, caFile: settings.jwksUriCa }, logger);
 
   return provider;
 }
