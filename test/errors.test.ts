@@ -70,6 +70,8 @@ describe('failed client authentication: 401 invalid_client, all alike', () => {
     const res = await server.post('/token', { ...grant, client_id: 'svc', client_secret: 'nope' });
     expect(res.status).toBe(401);
     expect(res.body).toEqual(CLIENT_AUTH_FAILED);
+    // Alike to the caller: the same challenge as a failed Basic attempt.
+    expect(res.headers.get('www-authenticate')).toMatch(/^Basic realm="[^"]+", error="invalid_client"/);
   });
 
   test('client_secret_post with the right secret works', async () => {

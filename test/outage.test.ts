@@ -20,7 +20,13 @@ const suite = process.env.TEST_DATABASE_URL ? describe : describe.skip;
 class DatabaseProxy {
   #server: Server | undefined;
   readonly #sockets = new Set<Socket>();
-  constructor(readonly port: number, readonly target: { host: string; port: number }) {}
+  readonly port: number;
+  readonly target: { host: string; port: number };
+
+  constructor(port: number, target: { host: string; port: number }) {
+    this.port = port;
+    this.target = target;
+  }
 
   async open(): Promise<void> {
     this.#server = createServer((client) => {

@@ -69,6 +69,7 @@ function expectInvalidClient(res: { status: number; headers: Headers; body: unkn
   expect(res.headers.get('content-type')).toMatch(/^application\/json/);
   expect(res.headers.get('cache-control')).toBe('no-store');
   expect(res.body).toEqual(CLIENT_AUTH_FAILED);
+  expect(res.headers.get('www-authenticate')).toMatch(/^Basic realm="[^"]+", error="invalid_client"/);
 }
 
 /** Sends an assertion that must be refused; returns the reason the server logged (never sent). */

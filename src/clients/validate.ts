@@ -2,9 +2,9 @@
 // one line naming the flag; the database CHECK constraints are the second line of defence.
 import { X509Certificate } from 'node:crypto';
 
-import 'reflect-metadata';
-import * as x509 from '@peculiar/x509';
 import { calculateJwkThumbprint, importJWK, type JWK } from 'jose';
+
+import { DnSyntaxError, normaliseDn } from '../oauth/distinguished-name.ts';
 
 export class InputError extends Error {}
 
@@ -49,14 +49,15 @@ export function seconds(flag: string, value: string, min: number, max: number): 
   return Number(value);
 }
 
+/** Parsed by the same code that matches it at authentication, so what passes here matches as written. */
 export function subjectDn(value: string): string {
-  let name: x509.Name;
+  if (!value.trim()) throw new InputError('--subject-dn is empty');
   try {
-    name = new x509.Name(value);
-  } catch {
-    throw new InputError(`--subject-dn ${JSON.stringify(value)} is not an RFC 4514 distinguished name`);
+    normaliseDn(value);
+  } catch (err) {
+    const reason = err instanceof DnSyntaxError ? `: ${err.message}` : '';
+    throw new InputError(`--subject-dn ${JSON.stringify(value)} is not an RFC 4514 distinguished name${reason}`);
   }
-  if (!name.toJSON().length) throw new InputError('--subject-dn is empty');
   return value;
 }
 

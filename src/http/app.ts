@@ -95,6 +95,11 @@ function frontDoor(deps: AppDeps): Middleware {
       jsonError(ctx, 500, 'server_error', 'internal error');
     }
     if (ctx.status === 503) ctx.set('retry-after', '5');
+    // Every failed client authentication looks alike, whichever method was tried: the
+    // engine adds this header only when the request carried an Authorization header.
+    if (ctx.status === 401 && !ctx.response.get('www-authenticate')) {
+      ctx.set('www-authenticate', `Basic realm="${settings.issuer}", error="invalid_client", error_description="client authentication failed"`);
+    }
     // Machine clients only: no browser is to read these answers cross-origin.
     for (const header of Object.keys(ctx.response.headers)) {
       if (header.startsWith('access-control-')) ctx.remove(header);

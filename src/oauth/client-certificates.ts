@@ -11,6 +11,7 @@ import type { Context } from 'koa';
 
 import type { Logger } from '../log.ts';
 import type { Settings } from '../settings.ts';
+import { certificateSubjectDn, normaliseDn } from './distinguished-name.ts';
 
 const CERT = Symbol('client certificate');
 
@@ -18,18 +19,6 @@ interface Presented {
   cert: X509Certificate;
   /** The chain was verified against TLS_CLIENT_CA. */
   trusted: boolean;
-}
-
-/** RFC 4514 string -> comparable form: most specific part first, attribute names as the parser names them. */
-export function normaliseDn(dn: string): string {
-  const name = new x509.Name(dn);
-  return JSON.stringify(name.toJSON());
-}
-
-/** The certificate's subject in the same comparable form. */
-function subjectDn(cert: X509Certificate): string {
-  const parsed = new x509.X509Certificate(cert.raw);
-  return JSON.stringify(parsed.subjectName.toJSON().reverse());
 }
 
 function subjectAltNames(cert: X509Certificate): { type: string; value: string }[] {
@@ -45,6 +34,10 @@ export function parseCertificateBundle(pem: string): X509Certificate[] {
 function issuedByTrustedCa(cert: X509Certificate, cas: X509Certificate[]): boolean {
   const now = Date.now();
   if (now < cert.validFromDate.getTime() || now > cert.validToDate.getTime()) return false;
+  // As OpenSSL checks in direct mode: an extended key usage, when present, must allow client auth.
+  // (Node names the extended key usage OIDs `keyUsage`.)
+  const eku = cert.keyUsage;
+  if (eku && !eku.includes('1.3.6.1.5.5.7.3.2') && !eku.includes('2.5.29.37.0')) return false;
   return cas.some((ca) => ca.ca && cert.checkIssued(ca) && cert.verify(ca.publicKey)
     && now >= ca.validFromDate.getTime() && now <= ca.validToDate.getTime());
 }
@@ -104,7 +97,7 @@ export function certificateHooks(settings: Settings, clientCas: X509Certificate[
       try {
         switch (property) {
           case 'tls_client_auth_subject_dn':
-            return subjectDn(cert) === normaliseDn(expected);
+            return certificateSubjectDn(cert) === normaliseDn(expected);
           case 'tls_client_auth_san_dns':
             return subjectAltNames(cert).some((n) => n.type === 'dns' && n.value.toLowerCase() === expected.toLowerCase());
           case 'tls_client_auth_san_uri':
