@@ -19,8 +19,12 @@ export function createMetrics(): Metrics {
   const registry = new Registry();
   registry.setDefaultLabels({ worker: String(cluster.worker?.id ?? 0) });
   collectDefaultMetrics({ register: registry, prefix: 'm2m_process_' });
-  // prom-client answers the primary's collection requests from these registries.
-  if (cluster.isWorker) AggregatorRegistry.setRegistries([registry]);
+  // prom-client answers the primary's collection requests from these registries; the
+  // listener that answers is installed by constructing an AggregatorRegistry.
+  if (cluster.isWorker) {
+    AggregatorRegistry.setRegistries([registry]);
+    void new AggregatorRegistry();
+  }
   return {
     registry,
     tokensIssued: new Counter({ name: 'm2m_tokens_issued_total', help: 'Access tokens issued', labelNames: ['client_id', 'method'], registers: [registry] }),

@@ -3,6 +3,8 @@
 // window ends. A client that authenticates from another address is never locked out by
 // an attacker's failures. Counts live in PostgreSQL (shared by workers and instances);
 // the embedded database has one process, so memory serves there.
+import { createHash } from 'node:crypto';
+
 import type { Knex } from 'knex';
 import { RateLimiterMemory, RateLimiterPostgres, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 
@@ -35,7 +37,8 @@ export function createBruteForce(limits: BruteForceLimits, db: Knex | undefined)
   };
   const perClient = make(limits.perClient, 'client');
   const perAddress = make(limits.perAddress, 'address');
-  const clientKey = (address: string, clientId: string) => `${clientId}\u0000${address}`;
+  // A client id as sent can be anything: hashed, it fits the key column and needs no escaping.
+  const clientKey = (address: string, clientId: string) => `${address} ${createHash('sha256').update(clientId).digest('base64url')}`;
 
   const remaining = async (limiter: RateLimiterAbstract, key: string, max: number): Promise<number> => {
     const state = await limiter.get(key).catch(() => null);

@@ -124,7 +124,10 @@ export interface RunningServer {
 }
 
 export async function startServer(workspace: Workspace, extraEnv: Record<string, string> = {}): Promise<RunningServer> {
-  const env = { ...workspace.env, ...extraEnv };
+  // TEST_WORKERS=N runs every server of the suite with N workers (PostgreSQL only).
+  const workers: Record<string, string> = process.env.TEST_WORKERS && workspace.databaseUrl ? { WORKERS: process.env.TEST_WORKERS } : {};
+  const env: Record<string, string> = { ...workspace.env, ...workers, ...extraEnv };
+  const listeners = Number(env.WORKERS ?? 1);
   const child = spawn(NODE, [join(ROOT, 'src', 'main.ts')], { cwd: workspace.dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString(); });
@@ -134,7 +137,7 @@ export async function startServer(workspace: Workspace, extraEnv: Record<string,
   await new Promise<void>((done, fail) => {
     const timer = setTimeout(() => fail(new Error(`server did not start within 60 s:\n${output}`)), 60_000);
     const check = () => {
-      if (output.includes('"msg":"listening"')) {
+      if (output.split('"msg":"listening"').length - 1 >= listeners) {
         clearTimeout(timer);
         child.stdout!.off('data', check);
         done();
