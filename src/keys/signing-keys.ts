@@ -53,6 +53,17 @@ function now(): number {
   return Math.floor(Date.now() / 1000);
 }
 
+/**
+ * When a key file appeared in KEYS_DIR, epoch seconds with their fraction. The inode change
+ * time is set by every write, copy and move, while the modification time survives `mv`,
+ * `cp -p` and archives: a key made elsewhere long ago and moved in now must not sign before
+ * resource APIs can have seen it.
+ */
+function appearedAt(file: string): number {
+  const { mtimeMs, ctimeMs } = statSync(file);
+  return Math.max(mtimeMs, ctimeMs) / 1000;
+}
+
 async function publicJwk(key: KeyObject): Promise<{ kid: string; jwk: JWK }> {
   const exported = createPublicKey(key).export({ format: 'jwk' }) as JWK;
   const kid = await calculateJwkThumbprint(exported, 'sha256');
@@ -82,8 +93,9 @@ export async function readKeys(dir: string, times: ScheduleTimes, at = now()): P
       }
       const { kid, jwk } = await publicJwk(privateKey);
       if (kid !== active[1]) throw new Error(`${file}: file name does not match the key's thumbprint ${kid}`);
-      const publishedAt = Math.floor(statSync(file).mtimeMs / 1000);
-      all.push({ kid, jwk, privateKey, publishedAt, signsFrom: publishedAt + delay });
+      const appeared = appearedAt(file);
+      // Rounded up: a key never signs a fraction of a second before its full delay has passed.
+      all.push({ kid, jwk, privateKey, publishedAt: Math.floor(appeared), signsFrom: Math.ceil(appeared) + delay });
       continue;
     }
     const retired = RETIRED_FILE.exec(name);
@@ -121,7 +133,7 @@ export async function retireKey(dir: string, kid: string, at = now()): Promise<v
   const file = join(dir, `sig-${kid}.pem`);
   const privateKey = createPrivateKey(readFileSync(file));
   const { jwk } = await publicJwk(privateKey);
-  const publishedAt = Math.floor(statSync(file).mtimeMs / 1000);
+  const publishedAt = Math.floor(appearedAt(file));
   writeFileSync(
     join(dir, `sig-${kid}.retired.json`),
     `${JSON.stringify({ kid, jwk, published_at: publishedAt, retired_at: at }, null, 2)}\n`,
