@@ -17,5 +17,7 @@ export function createLogger(level: string): Logger {
     base: { pid: process.pid },
     redact: { paths: REDACT, censor: '[redacted]' },
     timestamp: pino.stdTimeFunctions.isoTime,
-  });
+  // Written asynchronously: a slow reader of stdout must not stall token issuance. The
+  // server flushes before it exits.
+  }, pino.destination({ dest: 1, sync: false }));
 }

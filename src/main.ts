@@ -194,8 +194,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
           void (async () => {
             for (const close of closers.reverse()) await close().catch(() => {});
             logger.info({}, 'stopped');
-            logger.flush();
-            process.exit(0);
+            logger.flush(() => process.exit(0));
           })();
         });
       }, 50);

@@ -9,7 +9,9 @@ import type { Settings } from '../settings.ts';
 
 /** IPv4 clients of a dual-stack listener appear as ::ffff:a.b.c.d; one address, one form. */
 function canonical(address: string | undefined): string {
-  if (!address || !ipaddr.isValid(address)) return 'unknown';
+  if (!address) return 'unknown';
+  if (address.startsWith('::ffff:') && address.includes('.')) return address.slice(7);
+  if (!ipaddr.isValid(address)) return 'unknown';
   return ipaddr.process(address).toString();
 }
 

@@ -40,18 +40,31 @@ export function createBruteForce(limits: BruteForceLimits, db: Knex | undefined)
   // A client id as sent can be anything: hashed, it fits the key column and needs no escaping.
   const clientKey = (address: string, clientId: string) => `${address} ${createHash('sha256').update(clientId).digest('base64url')}`;
 
-  const remaining = async (limiter: RateLimiterAbstract, key: string, max: number): Promise<number> => {
+  // A key found under its limit is not asked about again for CLEAN_MS in this process:
+  // correct clients then cost no query at all. This process's own failures clear the note
+  // at once; other workers' failures are seen within CLEAN_MS.
+  const CLEAN_MS = 1000;
+  const clean = new Map<string, number>();
+  const remaining = async (limiter: RateLimiterAbstract, key: string, max: number, note: string): Promise<number> => {
+    const now = Date.now();
+    if ((clean.get(note) ?? 0) > now) return 0;
     const state = await limiter.get(key).catch(() => null);
-    return state && state.consumedPoints >= max ? state.msBeforeNext : 0;
+    if (state && state.consumedPoints >= max) return state.msBeforeNext;
+    if (clean.size > 50_000) clean.clear();
+    clean.set(note, now + CLEAN_MS);
+    return 0;
   };
 
   return {
     async blockedFor(address, clientId) {
-      const byAddress = await remaining(perAddress, address, limits.perAddress);
+      const byAddress = await remaining(perAddress, address, limits.perAddress, `address:${address}`);
       if (byAddress || clientId === undefined) return byAddress;
-      return remaining(perClient, clientKey(address, clientId), limits.perClient);
+      const key = clientKey(address, clientId);
+      return remaining(perClient, key, limits.perClient, `client:${key}`);
     },
     async failed(address, clientId) {
+      clean.delete(`address:${address}`);
+      if (clientId !== undefined) clean.delete(`client:${clientKey(address, clientId)}`);
       const consume = (limiter: RateLimiterAbstract, key: string) => limiter.consume(key).catch((res: unknown) => {
         if (!(res instanceof RateLimiterRes)) throw res;
       });

@@ -12,6 +12,7 @@ import type { Logger } from '../log.ts';
 import type { BruteForce } from './brute-force.ts';
 import type { CertificateHooks } from './client-certificates.ts';
 import { useRemoteJwks } from './jwks-uri.ts';
+import { RsaSigningKey } from './signing-key.ts';
 import { StorageUnavailable } from '../storage/errors.ts';
 import type { ReplayStore } from '../storage/replay.ts';
 
@@ -151,12 +152,11 @@ function tokenTtl(settings: Settings, client: EngineClient | undefined): number 
 export function createEngine({ settings, registry, replay, keys, certificates, logger, bruteForce }: EngineDeps): Provider {
   const signer = keys.signer;
   if (!signer?.privateKey) throw new Error('no signing key: run `npm run keys -- generate`');
-  const signingJwk = { ...signer.privateKey.export({ format: 'jwk' }), kid: signer.kid, alg: 'RS256', use: 'sig' };
 
   const configuration: Configuration = {
     adapter: adapterFor(registry, bruteForce),
     clients: [],
-    jwks: { keys: [signingJwk as never] },
+    jwks: { keys: [new RsaSigningKey(signer) as never] },
     clientAuthMethods: AUTH_METHODS_SUPPORTED as Configuration['clientAuthMethods'],
     enabledJWA: {
       clientAuthSigningAlgValues: ASSERTION_ALGS as never,
@@ -172,6 +172,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
     },
     features: {
       devInteractions: { enabled: false },
+      externalSigningSupport: { enabled: true, ack: 'experimental-01' },
       clientCredentials: { enabled: true },
       introspection: { enabled: false },
       revocation: { enabled: false },

@@ -123,21 +123,35 @@ export interface RunningServer {
   process: ChildProcess;
 }
 
-export async function startServer(workspace: Workspace, extraEnv: Record<string, string> = {}): Promise<RunningServer> {
+export interface StartOptions {
+  /** A command the server runs under, e.g. ['taskset', '-c', '0'] to pin it to a core. */
+  prefix?: string[];
+  /** Keep no copy of the server's output (long benchmarks write a lot of it). */
+  discardOutput?: boolean;
+}
+
+export async function startServer(workspace: Workspace, extraEnv: Record<string, string> = {}, options: StartOptions = {}): Promise<RunningServer> {
   // TEST_WORKERS=N runs every server of the suite with N workers (PostgreSQL only).
   const workers: Record<string, string> = process.env.TEST_WORKERS && workspace.databaseUrl ? { WORKERS: process.env.TEST_WORKERS } : {};
   const env: Record<string, string> = { ...workspace.env, ...workers, ...extraEnv };
   const listeners = Number(env.WORKERS ?? 1);
-  const child = spawn(NODE, [join(ROOT, 'src', 'main.ts')], { cwd: workspace.dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const [command, ...args] = [...(options.prefix ?? []), NODE, join(ROOT, 'src', 'main.ts')];
+  const child = spawn(command!, args, { cwd: workspace.dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
-  child.stdout!.on('data', (chunk: Buffer) => { output += chunk.toString(); });
-  child.stderr!.on('data', (chunk: Buffer) => { output += chunk.toString(); });
+  let listening = 0;
+  const keep = (chunk: Buffer) => {
+    const text = chunk.toString();
+    listening += text.split('"msg":"listening"').length - 1;
+    if (!options.discardOutput || listening < listeners) output += text;
+  };
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
   const exited = new Promise<number | null>((done) => child.once('exit', (code) => done(code)));
 
   await new Promise<void>((done, fail) => {
     const timer = setTimeout(() => fail(new Error(`server did not start within 60 s:\n${output}`)), 60_000);
     const check = () => {
-      if (output.split('"msg":"listening"').length - 1 >= listeners) {
+      if (listening >= listeners) {
         clearTimeout(timer);
         child.stdout!.off('data', check);
         done();

@@ -1,0 +1,292 @@
+// `npm run bench`: our server on PostgreSQL against the bare engine and the RSA ceiling,
+// measured in turns in one run. The servers are pinned to core 0 and the load generator
+// (this process) to core 1 where taskset exists. Writes test/bench/results/latest.{json,md,svg}.
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createPrivateKey, randomUUID, sign } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+
+import autocannon from 'autocannon';
+
+import { ensureDevTls } from '../../src/keys/dev-tls.ts';
+import { addClient, createWorkspace, freePort, ROOT, startServer, type RunningServer, type Workspace } from '../helpers/server.ts';
+
+const API = 'https://api.bench.test';
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+const MEMORY_TOKENS = Number(process.env.BENCH_MEMORY_TOKENS ?? 100_000);
+const RESULTS = join(ROOT, 'test', 'bench', 'results');
+const hasTaskset = spawnSync('taskset', ['-V']).status === 0;
+
+// The load generator runs on core 1; the servers get core 0.
+if (hasTaskset && !process.env.BENCH_PINNED && cpus().length > 1) {
+  const result = spawnSync('taskset', ['-c', '1', process.execPath, ...process.execArgv, ...process.argv.slice(1)], {
+    stdio: 'inherit', env: { ...process.env, BENCH_PINNED: '1' },
+  });
+  process.exit(result.status ?? 1);
+}
+const SERVER_CORE = hasTaskset && cpus().length > 1 ? ['taskset', '-c', '0'] : [];
+
+process.env.TEST_DATABASE_URL ??= process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+
+interface Measure {
+  name: string;
+  requests_per_second: number;
+  p50_ms: number;
+  p99_ms: number;
+  non_2xx: number;
+  errors: number;
+}
+
+function log(message: string): void {
+  process.stderr.write(`${message}\n`);
+}
+
+async function load(name: string, options: autocannon.Options): Promise<Measure> {
+  const result = await autocannon({ connections: CONNECTIONS, duration: SECONDS, ...options });
+  const measure = {
+    name,
+    requests_per_second: Math.round(result.requests.average),
+    p50_ms: result.latency.p50,
+    p99_ms: result.latency.p99,
+    non_2xx: result.non2xx,
+    errors: result.errors,
+  };
+  log(`  ${name}: ${measure.requests_per_second} req/s, p50 ${measure.p50_ms} ms, p99 ${measure.p99_ms} ms${measure.non_2xx || measure.errors ? `, ${measure.non_2xx} non-2xx, ${measure.errors} errors` : ''}`);
+  return measure;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+function combine(name: string, rounds: Measure[]): Measure {
+  return {
+    name,
+    requests_per_second: Math.round(median(rounds.map((r) => r.requests_per_second))),
+    p50_ms: median(rounds.map((r) => r.p50_ms)),
+    p99_ms: median(rounds.map((r) => r.p99_ms)),
+    non_2xx: rounds.reduce((n, r) => n + r.non_2xx, 0),
+    errors: rounds.reduce((n, r) => n + r.errors, 0),
+  };
+}
+
+function rssMb(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Math.round(Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024);
+}
+
+async function startBaseline(keysDir: string): Promise<{ port: number; child: ChildProcess }> {
+  const port = await freePort();
+  const [command, ...args] = [...SERVER_CORE, process.execPath, join(ROOT, 'test', 'bench', 'baseline.ts'), String(port), keysDir, API];
+  const child = spawn(command!, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((done) => child.stdout!.once('data', () => done()));
+  return { port, child };
+}
+
+function basicHeader(id: string, secret: string): string {
+  return `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`;
+}
+
+const FORM = { 'content-type': 'application/x-www-form-urlencoded' };
+const GRANT = 'grant_type=client_credentials';
+
+/** Pre-signed, unique ES256 client assertions (signing them is the client's cost, not ours). */
+function assertions(count: number, clientId: string, audience: string, keyPem: string): string[] {
+  const key = createPrivateKey(keyPem);
+  const header = Buffer.from(JSON.stringify({ alg: 'ES256', typ: 'JWT' })).toString('base64url');
+  const now = Math.floor(Date.now() / 1000);
+  return Array.from({ length: count }, () => {
+    const claims = { iss: clientId, sub: clientId, aud: audience, jti: randomUUID(), iat: now, exp: now + 280 };
+    const input = `${header}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
+    return `${input}.${sign('sha256', Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`;
+  });
+}
+
+async function setup(): Promise<{ workspace: Workspace; secrets: Record<string, string>; jwtKey: string; mtls: { cert: string; key: string } }> {
+  const workspace = await createWorkspace({ LOG_LEVEL: 'info', AUTH_FAILURE_LIMIT: '100000', AUTH_FAILURE_ADDRESS_LIMIT: '1000000' });
+  await ensureDevTls(workspace.keysDir);
+  const secrets: Record<string, string> = {};
+  secrets.basic = (await addClient(workspace, 'bench-basic', ['--auth', 'client_secret_basic', '--audience', API, '--scope', 'read write'])).client_secret!;
+  secrets.rs = (await addClient(workspace, 'bench-rs', ['--auth', 'client_secret_basic', '--audience', 'https://unused.bench.test', '--introspect', API])).client_secret!;
+  const keyFile = join(workspace.dir, 'bench-jwt.key');
+  await addClient(workspace, 'bench-jwt', ['--auth', 'private_key_jwt', '--generate-key', keyFile, '--audience', API, '--scope', 'read write']);
+  const certDir = join(workspace.dir, 'certs');
+  const issued = await workspace.cli('client', ['cert', 'bench-mtls', '--out', certDir, '--json']);
+  if (issued.code !== 0) throw new Error(issued.stderr);
+  await addClient(workspace, 'bench-mtls', ['--auth', 'tls_client_auth', '--subject-dn', 'CN=bench-mtls', '--audience', API, '--scope', 'read write']);
+  return {
+    workspace,
+    secrets,
+    jwtKey: readFileSync(keyFile, 'utf8'),
+    mtls: { cert: readFileSync(join(certDir, 'bench-mtls.crt'), 'utf8'), key: readFileSync(join(certDir, 'bench-mtls.key'), 'utf8') },
+  };
+}
+
+async function main(): Promise<void> {
+  log(`m2m-oauth-server benchmark: ${CONNECTIONS} connections, ${SECONDS} s per run, ${ROUNDS} rounds in turns${hasTaskset ? ', servers on core 0, load on core 1' : ', unpinned (no taskset)'}`);
+  const { workspace, secrets, jwtKey, mtls } = await setup();
+  const ca = readFileSync(join(workspace.keysDir, 'dev-ca.crt'));
+  const results: Record<string, unknown> = {};
+
+  log('RSA-2048 ceiling on the server core');
+  const ceilingOut = execFileSync(SERVER_CORE[0] ?? process.execPath, [...SERVER_CORE.slice(1), ...(SERVER_CORE.length ? [process.execPath] : []), join(ROOT, 'test', 'bench', 'rsa-ceiling.ts'), '3'], { encoding: 'utf8' });
+  const ceiling = JSON.parse(ceilingOut) as { signatures_per_second: number; jwts_per_second: number };
+  log(`  ${ceiling.signatures_per_second} signatures/s, ${ceiling.jwts_per_second} complete JWTs/s`);
+
+  const baseline = await startBaseline(workspace.keysDir);
+  let ours: RunningServer | undefined = await startServer(workspace, {}, { prefix: SERVER_CORE, discardOutput: true });
+  const tls = { ca };
+  try {
+    const oursUrl = `${ours.issuer}/token`;
+    const baselineUrl = `https://localhost:${baseline.port}/token`;
+    const basicRun = (url: string, auth: string) => ({
+      url, method: 'POST' as const, headers: { ...FORM, authorization: auth }, body: GRANT, tlsOptions: tls,
+    });
+    // Warm both up (JIT, connection set-up, caches) before anything counts.
+    await autocannon({ ...basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, duration: 2 });
+    await autocannon({ ...basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret')), connections: CONNECTIONS, duration: 2 });
+
+    const baseRounds: Measure[] = [];
+    const oursRounds: Measure[] = [];
+    for (let round = 1; round <= ROUNDS; round += 1) {
+      log(`round ${round}: Basic tokens`);
+      baseRounds.push(await load('bare engine, Basic', basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret'))));
+      oursRounds.push(await load('ours, Basic', basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!))));
+    }
+    const base = combine('bare engine, Basic', baseRounds);
+    const basic = combine('ours, Basic', oursRounds);
+
+    log('other methods and endpoints');
+    const pool = assertions(Math.ceil(SECONDS * 6000), 'bench-jwt', ours.issuer, jwtKey);
+    let next = 0;
+    const jwt = await load('ours, private_key_jwt', {
+      url: oursUrl, tlsOptions: tls,
+      requests: [{
+        method: 'POST', headers: FORM,
+        setupRequest: (request) => ({
+          ...request,
+          body: `${GRANT}&client_assertion_type=${encodeURIComponent('urn:ietf:params:oauth:client-assertion-type:jwt-bearer')}&client_assertion=${pool[next++ % pool.length]}`,
+        }),
+      }],
+    });
+    const mtlsRun = await load('ours, tls_client_auth (keep-alive)', {
+      url: oursUrl, method: 'POST', headers: FORM, body: `${GRANT}&client_id=bench-mtls`, tlsOptions: { ca, cert: mtls.cert, key: mtls.key },
+    });
+    const mtlsReconnect = await load('ours, tls_client_auth (new connection every 20 requests)', {
+      url: oursUrl, method: 'POST', headers: FORM, body: `${GRANT}&client_id=bench-mtls`, reconnectRate: 20, tlsOptions: { ca, cert: mtls.cert, key: mtls.key },
+    });
+    const jwks = await load('ours, GET /jwks', { url: `${ours.issuer}/jwks`, tlsOptions: tls });
+    const token = ((await ours.post('/token', { grant_type: 'client_credentials' }, { basic: ['bench-basic', secrets.basic!] })).body as { access_token: string }).access_token;
+    const introspection = await load('ours, introspection', {
+      url: `${ours.issuer}/token/introspection`, method: 'POST',
+      headers: { ...FORM, authorization: basicHeader('bench-rs', secrets.rs!) }, body: `token=${token}`, tlsOptions: tls,
+    });
+
+    log(`memory: ${MEMORY_TOKENS} tokens`);
+    const pid = ours.process.pid!;
+    const idleRss = rssMb(pid);
+    const warm = Math.min(20_000, MEMORY_TOKENS / 5);
+    await autocannon({ ...basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, amount: warm });
+    const rssAfterWarm = rssMb(pid);
+    let peakRss = rssAfterWarm;
+    const sampler = setInterval(() => { peakRss = Math.max(peakRss, rssMb(pid)); }, 500);
+    await autocannon({ ...basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, amount: MEMORY_TOKENS - warm });
+    clearInterval(sampler);
+    const rssAfterAll = rssMb(pid);
+    log(`  RSS idle ${idleRss} MB, after ${warm} tokens ${rssAfterWarm} MB, after ${MEMORY_TOKENS} ${rssAfterAll} MB, peak ${peakRss} MB`);
+    await ours.stop();
+    ours = undefined;
+    baseline.child.kill();
+
+    log('WORKERS=2 (unpinned; the load generator shares the machine)');
+    const two = await startServer(workspace, { WORKERS: '2' }, { discardOutput: true });
+    await autocannon({ ...basicRun(`${two.issuer}/token`, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, duration: 2 });
+    const twoWorkers = await load('ours, Basic, WORKERS=2', basicRun(`${two.issuer}/token`, basicHeader('bench-basic', secrets.basic!)));
+    await two.stop();
+
+    const ratio = (a: number, b: number) => Math.round((a / b) * 100) / 100;
+    Object.assign(results, {
+      date: new Date().toISOString(),
+      machine: { cpu: cpus()[0]?.model, cores: cpus().length, memory_gb: Math.round(totalmem() / 2 ** 30), node: process.version, pinned: hasTaskset },
+      settings: { connections: CONNECTIONS, seconds_per_run: SECONDS, rounds: ROUNDS },
+      ceiling,
+      runs: { base, basic, jwt, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds: { base: baseRounds, ours: oursRounds } },
+      ratios: {
+        basic_vs_baseline: ratio(basic.requests_per_second, base.requests_per_second),
+        basic_vs_rsa_ceiling: ratio(basic.requests_per_second, ceiling.signatures_per_second),
+        p99_vs_baseline: ratio(basic.p99_ms, base.p99_ms),
+        private_key_jwt_vs_basic: ratio(jwt.requests_per_second, basic.requests_per_second),
+        mtls_vs_basic: ratio(mtlsRun.requests_per_second, basic.requests_per_second),
+        two_workers_vs_one: ratio(twoWorkers.requests_per_second, basic.requests_per_second),
+      },
+      memory_mb: { idle: idleRss, after_warmup: rssAfterWarm, after_all: rssAfterAll, peak: peakRss, tokens: MEMORY_TOKENS, warmup_tokens: warm },
+    });
+  } finally {
+    baseline.child.kill();
+    await ours?.stop();
+    await workspace.remove();
+  }
+  writeReports(results as unknown as Report);
+}
+
+interface Report {
+  date: string;
+  machine: { cpu: string; cores: number; memory_gb: number; node: string; pinned: boolean };
+  settings: { connections: number; seconds_per_run: number; rounds: number };
+  ceiling: { signatures_per_second: number; jwts_per_second: number };
+  runs: Record<'base' | 'basic' | 'jwt' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure>;
+  ratios: Record<string, number>;
+  memory_mb: Record<string, number>;
+}
+
+function writeReports(report: Report): void {
+  const { runs, ratios, memory_mb: memory, ceiling, machine, settings } = report;
+  const rows = [runs.base, runs.basic, runs.jwt, runs.mtls, runs.mtls_reconnect, runs.jwks, runs.introspection, runs.two_workers];
+  const md = [
+    `Measured ${report.date.slice(0, 10)} on ${machine.cores} × ${machine.cpu}, ${machine.memory_gb} GiB, Node ${machine.node}; `
+      + `${machine.pinned ? 'server on core 0, load generator on core 1' : 'unpinned'}; ${settings.connections} connections, `
+      + `${settings.seconds_per_run} s per run, Basic runs alternated ${settings.rounds}× with the bare engine (median shown); PostgreSQL on the same machine.`,
+    '',
+    '| run | requests/s | p50 ms | p99 ms | non-2xx |',
+    '|---|---:|---:|---:|---:|',
+    `| RSA-2048 ceiling (signatures/s on one core; complete JWTs/s: ${ceiling.jwts_per_second}) | ${ceiling.signatures_per_second} | | | |`,
+    ...rows.map((r) => `| ${r.name} | ${r.requests_per_second} | ${r.p50_ms} | ${r.p99_ms} | ${r.non_2xx + r.errors} |`),
+    '',
+    `Ratios: Basic / bare engine **${ratios.basic_vs_baseline}**, Basic / RSA ceiling **${ratios.basic_vs_rsa_ceiling}**, `
+      + `p99 / bare engine ${ratios.p99_vs_baseline}, private_key_jwt / Basic ${ratios.private_key_jwt_vs_basic}, `
+      + `mTLS / Basic ${ratios.mtls_vs_basic}, WORKERS=2 / one pinned worker ${ratios.two_workers_vs_one}.`,
+    `Memory (RSS): idle ${memory.idle} MB, after ${memory.warmup_tokens} tokens ${memory.after_warmup} MB, after ${memory.tokens} tokens ${memory.after_all} MB (peak ${memory.peak} MB).`,
+    '',
+  ].join('\n');
+  writeFileSync(join(RESULTS, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
+  writeFileSync(join(RESULTS, 'latest.md'), md);
+  writeFileSync(join(RESULTS, 'latest.svg'), chart([{ name: 'RSA-2048 ceiling (signatures/s)', requests_per_second: ceiling.signatures_per_second } as Measure, ...rows]));
+  process.stdout.write(md);
+}
+
+function chart(rows: Pick<Measure, 'name' | 'requests_per_second'>[]): string {
+  const width = 760;
+  const barArea = 420;
+  const rowHeight = 26;
+  const max = Math.max(...rows.map((r) => r.requests_per_second));
+  const escape = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
+  const bars = rows.map((r, i) => {
+    const y = 30 + i * rowHeight;
+    const w = Math.max(1, Math.round((r.requests_per_second / max) * barArea));
+    return `<text x="300" y="${y + 15}" text-anchor="end">${escape(r.name)}</text>`
+      + `<rect x="310" y="${y + 3}" width="${w}" height="16" fill="${r.name.startsWith('ours') ? '#2f6fdd' : '#999'}"/>`
+      + `<text x="${316 + w}" y="${y + 15}">${r.requests_per_second}</text>`;
+  }).join('\n');
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${40 + rows.length * rowHeight}" font-family="sans-serif" font-size="12">
+<text x="10" y="18" font-weight="bold">Requests per second, one server core (higher is better)</text>
+${bars}
+</svg>
+`;
+}
+
+await main();
