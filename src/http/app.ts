@@ -2,7 +2,7 @@
 // order of `use` calls is the order a request meets them.
 import Router from '@koa/router';
 import type { Middleware } from 'koa';
-import type Provider from 'oidc-provider';
+import Provider from 'oidc-provider';
 
 import type { ClientRegistry } from '../clients/registry.ts';
 import { metricsText, type Metrics } from '../metrics.ts';
@@ -19,7 +19,7 @@ import { createEngine } from '../oauth/engine.ts';
 import { introspection } from '../oauth/introspection.ts';
 import type { BruteForce } from '../oauth/brute-force.ts';
 import { revocation } from '../oauth/revocation.ts';
-import { audit, clientIdAsSent, recordRefusal } from './audit.ts';
+import { audit, clientIdAsSent, recordIssued, recordRefusal, type Issued } from './audit.ts';
 import { clientAddress } from './client-address.ts';
 
 export interface AppDeps {
@@ -56,6 +56,10 @@ const ENDPOINTS: Record<string, string[]> = {
   '/metrics': ['GET', 'HEAD'],
 };
 
+/** What the engine's CORS middleware may set. */
+const CORS_HEADERS = ['access-control-allow-origin', 'access-control-expose-headers', 'access-control-allow-methods',
+  'access-control-allow-headers', 'access-control-allow-credentials', 'access-control-max-age'];
+
 /** Endpoints where a client authenticates, and so where brute force is limited. */
 const AUTHENTICATING = new Set(['/token', '/token/introspection', '/token/revocation']);
 
@@ -65,7 +69,7 @@ function jsonError(ctx: Parameters<Middleware>[0], status: number, error: string
   ctx.body = { error, error_description: description };
 }
 
-function frontDoor(deps: AppDeps): Middleware {
+function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
   const { settings, logger, bruteForce, metrics, lifecycle } = deps;
   const addressOf = clientAddress(settings);
   return async (ctx, next) => {
@@ -101,15 +105,13 @@ function frontDoor(deps: AppDeps): Middleware {
       ctx.set('www-authenticate', `Basic realm="${settings.issuer}", error="invalid_client", error_description="client authentication failed"`);
     }
     // Machine clients only: no browser is to read these answers cross-origin.
-    for (const header of Object.keys(ctx.response.headers)) {
-      if (header.startsWith('access-control-')) ctx.remove(header);
-    }
+    for (const header of CORS_HEADERS) ctx.remove(header);
     if (AUTHENTICATING.has(ctx.path) && ctx.status === 401) {
       // Counted before the answer leaves, so the next attempt already sees it.
       await bruteForce.failed(address, clientIdAsSent(ctx)).catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'counting a failed authentication failed'));
     }
     try {
-      audit(ctx, logger, metrics, address, startedAt);
+      audit(ctx, logger, metrics, address, startedAt, signingKid);
     } catch (err) {
       logger.error({ err }, 'writing the audit line failed');
     }
@@ -131,7 +133,8 @@ function frontDoor(deps: AppDeps): Middleware {
       }
     }
     if (AUTHENTICATING.has(ctx.path)) {
-      const waitMs = await bruteForce.blockedFor(ctx.state.address as string);
+      const blocked = bruteForce.blockedFor(ctx.state.address as string);
+      const waitMs = typeof blocked === 'number' ? blocked : await blocked;
       if (waitMs > 0) return tooManyAttempts(ctx, waitMs);
     }
     await next();
@@ -153,6 +156,10 @@ function recordRefusals(provider: Provider, logger: Logger): void {
   provider.on('introspection.error', record);
   provider.on('revocation.error', record);
   provider.on('server_error', (_ctx: unknown, err: Error) => logger.error({ err }, 'engine error'));
+  provider.on('client_credentials.issued', (token) => {
+    const ctx = Provider.ctx;
+    if (ctx) recordIssued(ctx as never, token as unknown as Issued);
+  });
   // Koa's own last resort: anything that escaped every handler.
   (provider as unknown as NodeJS.EventEmitter).on('error', (err: Error) => logger.error({ err }, 'unhandled error'));
 }
@@ -211,8 +218,10 @@ export function buildApp(deps: AppDeps, keys: KeySet): Provider {
   router.post('revocation', '/token/revocation',
     ...authenticatedClient(provider, 'revocation', ['token', 'token_type_hint']), revocation(tokenDeps));
 
-  provider.use(frontDoor(deps));
-  provider.use(router.routes());
+  provider.use(frontDoor(deps, keys.signer?.kid));
+  // The token endpoint is the engine's: requests for it skip our router's matching.
+  const ours = router.routes();
+  provider.use((ctx, next) => (ctx.path === '/token' ? next() : ours(ctx as never, next)));
   recordRefusals(provider, logger);
   return provider;
 }

@@ -12,6 +12,20 @@ export interface Refusal {
 }
 
 const REFUSAL = Symbol('refusal');
+const ISSUED = Symbol('issued');
+
+/** What the engine issued, as it tells in its `client_credentials.issued` event. */
+export interface Issued {
+  jti: string;
+  clientId: string;
+  scope?: string | undefined;
+  resourceServer?: { audience?: string } | undefined;
+  'x5t#S256'?: string | undefined;
+}
+
+export function recordIssued(ctx: Context, token: Issued): void {
+  (ctx.state as { [ISSUED]?: Issued })[ISSUED] = token;
+}
 
 export function recordRefusal(ctx: Context, reason: string | undefined): void {
   (ctx.state as { [REFUSAL]?: Refusal })[REFUSAL] = { reason };
@@ -66,20 +80,20 @@ const ENDPOINT_EVENTS: Record<string, string> = {
   '/token/revocation': 'revocation',
 };
 
-export function audit(ctx: Context, logger: Logger, metrics: Metrics, address: string, startedAt: bigint): void {
+/** `kid`: the key that signs now (the token's header need not be decoded to learn it). */
+export function audit(ctx: Context, logger: Logger, metrics: Metrics, address: string, startedAt: bigint, kid: string | undefined): void {
   const latencyMs = Number(process.hrtime.bigint() - startedAt) / 1e6;
   const endpoint = ENDPOINT_EVENTS[ctx.path];
   metrics.requestDuration.observe({ endpoint: ctx.path, status: String(ctx.status) }, latencyMs / 1000);
   if (!endpoint) return;
-  const body = ctx.body as { access_token?: string; error?: string } | undefined;
-  if (ctx.status === 200 && endpoint === 'token' && typeof body?.access_token === 'string') {
-    const header = decodePart(body.access_token, 0);
-    const claims = decodePart(body.access_token, 1);
+  const body = ctx.body as { error?: string } | undefined;
+  const issued = (ctx.state as { [ISSUED]?: Issued })[ISSUED];
+  if (ctx.status === 200 && issued) {
     const method = methodOf(ctx) ?? 'unknown';
-    metrics.tokensIssued.inc({ client_id: String(claims.client_id), method });
+    metrics.tokensIssued.inc({ client_id: issued.clientId, method });
     logger.info({
-      event: 'token.issued', client_id: claims.client_id, method, aud: claims.aud, scope: claims.scope,
-      jti: claims.jti, kid: header.kid, bound: claims.cnf !== undefined, address, latency_ms: Math.round(latencyMs * 10) / 10,
+      event: 'token.issued', client_id: issued.clientId, method, aud: issued.resourceServer?.audience, scope: issued.scope,
+      jti: issued.jti, kid, bound: issued['x5t#S256'] !== undefined, address, latency_ms: Math.round(latencyMs * 10) / 10,
     }, 'token issued');
     return;
   }

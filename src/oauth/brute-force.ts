@@ -15,8 +15,11 @@ export interface BruteForceLimits {
 }
 
 export interface BruteForce {
-  /** Milliseconds until `address` (and `clientId` from it) may try again; 0 when allowed. */
-  blockedFor(address: string, clientId?: string): Promise<number>;
+  /**
+   * Milliseconds until `address` (and `clientId` from it) may try again; 0 when allowed.
+   * Answers at once (no promise) when this process knows the key is under its limit.
+   */
+  blockedFor(address: string, clientId?: string): number | Promise<number>;
   /** Counts one failed authentication. */
   failed(address: string, clientId: string | undefined): Promise<void>;
 }
@@ -46,25 +49,29 @@ export function createBruteForce(limits: BruteForceLimits, db: Knex | undefined)
   const CLEAN_MS = 1000;
   const clean = new Map<string, number>();
   const remaining = async (limiter: RateLimiterAbstract, key: string, max: number, note: string): Promise<number> => {
-    const now = Date.now();
-    if ((clean.get(note) ?? 0) > now) return 0;
     const state = await limiter.get(key).catch(() => null);
     if (state && state.consumedPoints >= max) return state.msBeforeNext;
     if (clean.size > 50_000) clean.clear();
-    clean.set(note, now + CLEAN_MS);
+    clean.set(note, Date.now() + CLEAN_MS);
     return 0;
   };
+  const isClean = (note: string, now: number) => (clean.get(note) ?? 0) > now;
 
   return {
-    async blockedFor(address, clientId) {
-      const byAddress = await remaining(perAddress, address, limits.perAddress, `address:${address}`);
-      if (byAddress || clientId === undefined) return byAddress;
-      const key = clientKey(address, clientId);
-      return remaining(perClient, key, limits.perClient, `client:${key}`);
+    blockedFor(address, clientId) {
+      const now = Date.now();
+      const addressNote = `address:${address}`;
+      const clientNote = clientId === undefined ? undefined : `client:${address} ${clientId}`;
+      if (isClean(addressNote, now) && (clientNote === undefined || isClean(clientNote, now))) return 0;
+      return (async () => {
+        const byAddress = isClean(addressNote, now) ? 0 : await remaining(perAddress, address, limits.perAddress, addressNote);
+        if (byAddress || clientId === undefined || clientNote === undefined || isClean(clientNote, now)) return byAddress;
+        return remaining(perClient, clientKey(address, clientId), limits.perClient, clientNote);
+      })();
     },
     async failed(address, clientId) {
       clean.delete(`address:${address}`);
-      if (clientId !== undefined) clean.delete(`client:${clientKey(address, clientId)}`);
+      if (clientId !== undefined) clean.delete(`client:${address} ${clientId}`);
       const consume = (limiter: RateLimiterAbstract, key: string) => limiter.consume(key).catch((res: unknown) => {
         if (!(res instanceof RateLimiterRes)) throw res;
       });

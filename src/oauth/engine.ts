@@ -97,8 +97,17 @@ function engineMetadata(record: ClientRecord): AdapterPayload {
   return metadata as AdapterPayload;
 }
 
+async function lookUp(registry: ClientRegistry, id: string): Promise<ClientRecord | undefined> {
+  try {
+    return await registry.find(id);
+  } catch (err) {
+    if (err instanceof StorageUnavailable) throw new TemporarilyUnavailable();
+    throw err;
+  }
+}
+
 /** The engine asks its adapter for clients only; tokens are JWTs and are never stored. */
-function adapterFor(registry: ClientRegistry, bruteForce: BruteForce | undefined) {
+function adapterFor(registry: ClientRegistry) {
   return class EngineAdapter implements Adapter {
     readonly #name: string;
 
@@ -108,24 +117,7 @@ function adapterFor(registry: ClientRegistry, bruteForce: BruteForce | undefined
 
     async find(id: string): Promise<AdapterPayload | undefined> {
       if (this.#name !== 'Client') return undefined;
-      // The engine looks the client up before it checks any credential: the place to stop
-      // a client id that this address has failed too often for.
-      const ctx = Provider.ctx as { state?: { address?: string }; set?: (name: string, value: string) => void } | undefined;
-      const address = ctx?.state?.address;
-      if (bruteForce && address) {
-        const waitMs = await bruteForce.blockedFor(address, id);
-        if (waitMs > 0) {
-          ctx.set?.('retry-after', String(Math.max(1, Math.ceil(waitMs / 1000))));
-          throw new TooManyAttempts();
-        }
-      }
-      let record: ClientRecord | undefined;
-      try {
-        record = await registry.find(id);
-      } catch (err) {
-        if (err instanceof StorageUnavailable) throw new TemporarilyUnavailable();
-        throw err;
-      }
+      const record = await lookUp(registry, id);
       return record?.enabled ? engineMetadata(record) : undefined;
     }
 
@@ -154,7 +146,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
   if (!signer?.privateKey) throw new Error('no signing key: run `npm run keys -- generate`');
 
   const configuration: Configuration = {
-    adapter: adapterFor(registry, bruteForce),
+    adapter: adapterFor(registry),
     clients: [],
     jwks: { keys: [new RsaSigningKey(signer) as never] },
     clientAuthMethods: AUTH_METHODS_SUPPORTED as Configuration['clientAuthMethods'],
@@ -263,6 +255,33 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
       if (err instanceof StorageUnavailable) throw new TemporarilyUnavailable();
       throw err;
     }
+  };
+
+  // Where the engine looks a client up, before it checks any credential: first the brute-
+  // force limits for this address and client id, then the registry. The engine would
+  // rebuild (serialise and hash) the client on every request; it is built once per record.
+  const built = new WeakMap<ClientRecord, InstanceType<Provider['Client']>>();
+  const engineFind = provider.Client.find.bind(provider.Client);
+  provider.Client.find = async (id: string) => {
+    if (typeof id !== 'string' || !id) return undefined;
+    const ctx = Provider.ctx as { state?: { address?: string }; set?: (name: string, value: string) => void } | undefined;
+    const address = ctx?.state?.address;
+    if (bruteForce && address) {
+      const blocked = bruteForce.blockedFor(address, id);
+      const waitMs = typeof blocked === 'number' ? blocked : await blocked;
+      if (waitMs > 0) {
+        ctx.set?.('retry-after', String(Math.max(1, Math.ceil(waitMs / 1000))));
+        throw new TooManyAttempts();
+      }
+    }
+    const record = await lookUp(registry, id);
+    if (!record?.enabled) return undefined;
+    let client = built.get(record);
+    if (!client) {
+      client = await engineFind(id);
+      if (client) built.set(record, client);
+    }
+    return client;
   };
 
   useRemoteJwks(provider, { allowPrivate: settings.jwksUriAllowPrivate, caFile: settings.jwksUriCa }, logger);

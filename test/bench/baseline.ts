@@ -33,3 +33,4 @@ createServer({
   key: readFileSync(`${keysDir}/dev-server.key`),
   keepAliveTimeout: 65_000,
 }, provider.callback()).listen(port, () => process.stdout.write('listening\n'));
+process.on('SIGINT', () => process.exit(0));

@@ -14,8 +14,8 @@ import { addClient, createWorkspace, freePort, ROOT, startServer, type RunningSe
 
 const API = 'https://api.bench.test';
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const MEMORY_TOKENS = Number(process.env.BENCH_MEMORY_TOKENS ?? 100_000);
 const RESULTS = join(ROOT, 'test', 'bench', 'results');
 const hasTaskset = spawnSync('taskset', ['-V']).status === 0;
@@ -148,15 +148,23 @@ async function main(): Promise<void> {
       url, method: 'POST' as const, headers: { ...FORM, authorization: auth }, body: GRANT, tlsOptions: tls,
     });
     // Warm both up (JIT, connection set-up, caches) before anything counts.
-    await autocannon({ ...basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, duration: 2 });
-    await autocannon({ ...basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret')), connections: CONNECTIONS, duration: 2 });
+    await autocannon({ ...basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, duration: 5 });
+    await autocannon({ ...basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret')), connections: CONNECTIONS, duration: 5 });
 
     const baseRounds: Measure[] = [];
     const oursRounds: Measure[] = [];
     for (let round = 1; round <= ROUNDS; round += 1) {
       log(`round ${round}: Basic tokens`);
-      baseRounds.push(await load('bare engine, Basic', basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret'))));
-      oursRounds.push(await load('ours, Basic', basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!))));
+      // Alternate who goes first, so neither gains from the order.
+      const runBase = async () => baseRounds.push(await load('bare engine, Basic', basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret'))));
+      const runOurs = async () => oursRounds.push(await load('ours, Basic', basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!))));
+      if (round % 2) {
+        await runBase();
+        await runOurs();
+      } else {
+        await runOurs();
+        await runBase();
+      }
     }
     const base = combine('bare engine, Basic', baseRounds);
     const basic = combine('ours, Basic', oursRounds);
@@ -250,7 +258,7 @@ function writeReports(report: Report): void {
   const md = [
     `Measured ${report.date.slice(0, 10)} on ${machine.cores} × ${machine.cpu}, ${machine.memory_gb} GiB, Node ${machine.node}; `
       + `${machine.pinned ? 'server on core 0, load generator on core 1' : 'unpinned'}; ${settings.connections} connections, `
-      + `${settings.seconds_per_run} s per run, Basic runs alternated ${settings.rounds}× with the bare engine (median shown); PostgreSQL on the same machine.`,
+      + `${settings.seconds_per_run} s per run after a 5 s warm-up, Basic runs alternated with the bare engine in ${settings.rounds} rounds (median shown); PostgreSQL on the same machine.`,
     '',
     '| run | requests/s | p50 ms | p99 ms | non-2xx |',
     '|---|---:|---:|---:|---:|',
