@@ -49,6 +49,11 @@ export function createServer(settings: Settings, handler: Handler, tls: TlsMater
       sessionTimeout: 300,
     }, handler);
   }
+  // A connection's client certificate is read once and kept (client-certificates.ts):
+  // renegotiation, which could swap it, is refused.
+  if (settings.tlsMode !== 'proxy') {
+    server.on('secureConnection', (socket: import('node:tls').TLSSocket) => socket.disableRenegotiation());
+  }
   server.headersTimeout = LIMITS.headersTimeout;
   server.requestTimeout = LIMITS.requestTimeout;
   server.keepAliveTimeout = LIMITS.keepAliveTimeout;

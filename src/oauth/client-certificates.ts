@@ -19,6 +19,28 @@ interface Presented {
   cert: X509Certificate;
   /** The chain was verified against TLS_CLIENT_CA. */
   trusted: boolean;
+  /** Epoch ms: a kept certificate stops counting when it expires, whatever the connection's age. */
+  validUntil?: number;
+  /** Parsed on first use, then kept with the certificate. */
+  subjectDn?: string;
+  altNames?: { type: string; value: string }[];
+}
+
+// A connection's certificate does not change: it is parsed once per TLS connection, and a
+// forwarded one once per distinct header value (for a minute, as validity is time-bound).
+const perSocket = new WeakMap<TLSSocket, Presented | null>();
+const FORWARDED_TTL_MS = 60_000;
+const perHeader = new Map<string, { presented: Presented | null; until: number }>();
+const normalisedDns = new Map<string, string>();
+
+function normalisedDn(expected: string): string {
+  let value = normalisedDns.get(expected);
+  if (value === undefined) {
+    value = normaliseDn(expected);
+    if (normalisedDns.size > 10_000) normalisedDns.clear();
+    normalisedDns.set(expected, value);
+  }
+  return value;
 }
 
 function subjectAltNames(cert: X509Certificate): { type: string; value: string }[] {
@@ -65,9 +87,15 @@ export function certificateHooks(settings: Settings, clientCas: X509Certificate[
     let found: Presented | undefined;
     if (settings.tlsMode === 'direct') {
       const socket = ctx.req.socket as TLSSocket;
-      const cert = socket.getPeerX509Certificate?.();
-      // Without a configured CA, Node would verify against the public roots: trust nothing then.
-      if (cert) found = { cert, trusted: socket.authorized && clientCas.length > 0 };
+      const known = perSocket.get(socket);
+      if (known !== undefined) {
+        found = known ?? undefined;
+      } else {
+        const cert = socket.getPeerX509Certificate?.();
+        // Without a configured CA, Node would verify against the public roots: trust nothing then.
+        if (cert) found = { cert, trusted: socket.authorized && clientCas.length > 0 };
+        perSocket.set(socket, found ?? null);
+      }
     } else {
       const header = ctx.get(settings.clientCertHeader);
       if (header) {
@@ -75,11 +103,19 @@ export function certificateHooks(settings: Settings, clientCas: X509Certificate[
         if (!fromTrustedProxy(address)) {
           logger.warn({ remote_address: address, header: settings.clientCertHeader }, 'ignored a forwarded client certificate from an untrusted address');
         } else {
-          try {
-            const cert = new X509Certificate(decodeURIComponent(header));
-            found = { cert, trusted: issuedByTrustedCa(cert, clientCas) };
-          } catch {
-            logger.info({ header: settings.clientCertHeader }, 'forwarded client certificate did not parse');
+          const now = Date.now();
+          const known = perHeader.get(header);
+          if (known && known.until > now) {
+            found = known.presented ?? undefined;
+          } else {
+            try {
+              const cert = new X509Certificate(decodeURIComponent(header));
+              found = { cert, trusted: issuedByTrustedCa(cert, clientCas) };
+            } catch {
+              logger.info({ header: settings.clientCertHeader }, 'forwarded client certificate did not parse');
+            }
+            if (perHeader.size > 1000) perHeader.clear();
+            perHeader.set(header, { presented: found ?? null, until: now + FORWARDED_TTL_MS });
           }
         }
       }
@@ -90,18 +126,25 @@ export function certificateHooks(settings: Settings, clientCas: X509Certificate[
 
   return {
     getCertificate: (ctx) => present(ctx)?.cert,
-    certificateAuthorized: (ctx) => present(ctx)?.trusted === true,
+    certificateAuthorized(ctx) {
+      const presented = present(ctx);
+      if (!presented?.trusted) return false;
+      presented.validUntil ??= presented.cert.validToDate.getTime();
+      return Date.now() <= presented.validUntil;
+    },
     certificateSubjectMatches(ctx, property, expected) {
-      const cert = present(ctx)?.cert;
-      if (!cert) return false;
+      const presented = present(ctx);
+      if (!presented) return false;
+      const altNames = () => (presented.altNames ??= subjectAltNames(presented.cert));
       try {
         switch (property) {
           case 'tls_client_auth_subject_dn':
-            return certificateSubjectDn(cert) === normaliseDn(expected);
+            presented.subjectDn ??= certificateSubjectDn(presented.cert);
+            return presented.subjectDn === normalisedDn(expected);
           case 'tls_client_auth_san_dns':
-            return subjectAltNames(cert).some((n) => n.type === 'dns' && n.value.toLowerCase() === expected.toLowerCase());
+            return altNames().some((n) => n.type === 'dns' && n.value.toLowerCase() === expected.toLowerCase());
           case 'tls_client_auth_san_uri':
-            return subjectAltNames(cert).some((n) => n.type === 'url' && n.value === expected);
+            return altNames().some((n) => n.type === 'url' && n.value === expected);
           default:
             return false;
         }
