@@ -13,6 +13,8 @@ export interface Metrics {
   keyAge: Gauge<'kid' | 'state'>;
   poolConnections: Gauge<'state'>;
   clientCache: Counter<'result'>;
+  /** Records a request's latency (the labelled series are looked up once, not per request). */
+  observeRequest(endpoint: string, status: number, seconds: number): void;
 }
 
 export function createMetrics(): Metrics {
@@ -25,17 +27,28 @@ export function createMetrics(): Metrics {
     AggregatorRegistry.setRegistries([registry]);
     void new AggregatorRegistry();
   }
+  const requestDuration = new Histogram({
+    name: 'm2m_request_duration_seconds',
+    help: 'Request latency by endpoint',
+    labelNames: ['endpoint', 'status'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [registry],
+  });
+  const series = new Map<string, { observe(value: number): void }>();
   return {
     registry,
+    requestDuration,
+    observeRequest(endpoint, status, seconds) {
+      const key = `${endpoint} ${status}`;
+      let child = series.get(key);
+      if (!child) {
+        child = requestDuration.labels(endpoint, String(status));
+        series.set(key, child);
+      }
+      child.observe(seconds);
+    },
     tokensIssued: new Counter({ name: 'm2m_tokens_issued_total', help: 'Access tokens issued', labelNames: ['client_id', 'method'], registers: [registry] }),
     refusals: new Counter({ name: 'm2m_refusals_total', help: 'Requests refused, by endpoint, error code and internal reason', labelNames: ['endpoint', 'error', 'reason'], registers: [registry] }),
-    requestDuration: new Histogram({
-      name: 'm2m_request_duration_seconds',
-      help: 'Request latency by endpoint',
-      labelNames: ['endpoint', 'status'],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
-      registers: [registry],
-    }),
     keyAge: new Gauge({ name: 'm2m_signing_key_age_seconds', help: 'Age of each published signing key', labelNames: ['kid', 'state'], registers: [registry], aggregator: 'max' }),
     poolConnections: new Gauge({ name: 'm2m_db_pool_connections', help: 'Database pool connections by state', labelNames: ['state'], registers: [registry] }),
     clientCache: new Counter({ name: 'm2m_client_cache_lookups_total', help: 'Client lookups by cache result (hit, miss, stale during an outage)', labelNames: ['result'], registers: [registry] }),

@@ -105,13 +105,14 @@ function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
       ctx.set('www-authenticate', `Basic realm="${settings.issuer}", error="invalid_client", error_description="client authentication failed"`);
     }
     // Machine clients only: no browser is to read these answers cross-origin.
-    for (const header of CORS_HEADERS) ctx.remove(header);
+    if (ctx.response.get('access-control-allow-origin')) for (const header of CORS_HEADERS) ctx.remove(header);
     if (AUTHENTICATING.has(ctx.path) && ctx.status === 401) {
       // Counted before the answer leaves, so the next attempt already sees it.
       await bruteForce.failed(address, clientIdAsSent(ctx)).catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'counting a failed authentication failed'));
     }
     try {
-      audit(ctx, logger, metrics, address, startedAt, signingKid);
+      // Unknown paths share one label: a label per path would let anyone grow the metrics.
+      audit(ctx, logger, metrics, address, startedAt, signingKid, ENDPOINTS[ctx.path] ? ctx.path : 'other');
     } catch (err) {
       logger.error({ err }, 'writing the audit line failed');
     }
@@ -170,8 +171,9 @@ export function buildApp(deps: AppDeps, keys: KeySet): Provider {
   const provider = createEngine({ settings, registry, replay, keys, certificates, logger, bruteForce: deps.bruteForce });
   const verifier = tokenVerifier(settings.issuer, keys);
   const tokenDeps = { verify: () => verifier, registry, revocations };
-  const jwks = { keys: keys.published.map((k) => k.jwk) };
-  const discovery = metadata(settings);
+  // Serialised once per key set: these answers are the same for every caller.
+  const jwks = JSON.stringify({ keys: keys.published.map((k) => k.jwk) });
+  const discovery = JSON.stringify(metadata(settings));
 
   const router = new Router();
   router.get('/healthz', (ctx) => {
@@ -210,6 +212,7 @@ export function buildApp(deps: AppDeps, keys: KeySet): Provider {
   for (const path of ['/.well-known/oauth-authorization-server', '/.well-known/openid-configuration']) {
     router.get(path, (ctx) => {
       ctx.set('cache-control', 'public, max-age=300');
+      ctx.type = 'json';
       ctx.body = discovery;
     });
   }

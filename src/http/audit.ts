@@ -81,10 +81,10 @@ const ENDPOINT_EVENTS: Record<string, string> = {
 };
 
 /** `kid`: the key that signs now (the token's header need not be decoded to learn it). */
-export function audit(ctx: Context, logger: Logger, metrics: Metrics, address: string, startedAt: bigint, kid: string | undefined): void {
+export function audit(ctx: Context, logger: Logger, metrics: Metrics, address: string, startedAt: bigint, kid: string | undefined, endpointLabel: string): void {
   const latencyMs = Number(process.hrtime.bigint() - startedAt) / 1e6;
   const endpoint = ENDPOINT_EVENTS[ctx.path];
-  metrics.requestDuration.observe({ endpoint: ctx.path, status: String(ctx.status) }, latencyMs / 1000);
+  metrics.observeRequest(endpointLabel, ctx.status, latencyMs / 1000);
   if (!endpoint) return;
   const body = ctx.body as { error?: string } | undefined;
   const issued = (ctx.state as { [ISSUED]?: Issued })[ISSUED];
