@@ -1,10 +1,13 @@
 // The one place that opens the database: PostgreSQL through `pg` when DATABASE_URL is set,
 // otherwise PGlite (real PostgreSQL compiled to WebAssembly) in DATA_DIR, in this process.
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 
 import knexFactory, { type Knex } from 'knex';
-import ClientPGLite from 'knex-pglite';
+
+// PGlite is loaded only when it is used: a server on PostgreSQL does not carry it.
+const require = createRequire(import.meta.url);
 
 export type Database = Knex;
 
@@ -41,7 +44,7 @@ export function knexConfig(options: DatabaseOptions): Knex.Config {
     };
   }
   return {
-    client: ClientPGLite as unknown as typeof Knex.Client,
+    client: require('knex-pglite') as typeof Knex.Client,
     dialect: 'postgres',
     connection: { filename: options.dataDir } as Knex.StaticConnectionConfig,
     migrations,

@@ -101,7 +101,7 @@ function assertions(count: number, clientId: string, audience: string, keyPem: s
   const header = Buffer.from(JSON.stringify({ alg: 'ES256', typ: 'JWT' })).toString('base64url');
   const now = Math.floor(Date.now() / 1000);
   return Array.from({ length: count }, () => {
-    const claims = { iss: clientId, sub: clientId, aud: audience, jti: randomUUID(), iat: now, exp: now + 280 };
+    const claims = { iss: clientId, sub: clientId, aud: audience, jti: randomUUID(), iat: now, exp: now + 290 };
     const input = `${header}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
     return `${input}.${sign('sha256', Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`;
   });
@@ -151,40 +151,46 @@ async function main(): Promise<void> {
     await autocannon({ ...basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, duration: 5 });
     await autocannon({ ...basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret')), connections: CONNECTIONS, duration: 5 });
 
-    const baseRounds: Measure[] = [];
-    const oursRounds: Measure[] = [];
+    const rounds: Record<'base' | 'basic' | 'jwt' | 'mtls', Measure[]> = { base: [], basic: [], jwt: [], mtls: [] };
+    const runs: Record<keyof typeof rounds, () => Promise<Measure>> = {
+      base: () => load('bare engine, Basic', basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret'))),
+      basic: () => load('ours, Basic', basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!))),
+      jwt: () => {
+        // Fresh each round: an assertion may live 300 s at most.
+        const pool = assertions(Math.ceil(SECONDS * 1500), 'bench-jwt', ours!.issuer, jwtKey);
+        let next = 0;
+        return load('ours, private_key_jwt', {
+          url: oursUrl, tlsOptions: tls,
+          requests: [{
+            method: 'POST', headers: FORM,
+            setupRequest: (request) => ({
+              ...request,
+              body: `${GRANT}&client_assertion_type=${encodeURIComponent('urn:ietf:params:oauth:client-assertion-type:jwt-bearer')}&client_assertion=${pool[next++ % pool.length]}`,
+            }),
+          }],
+        });
+      },
+      mtls: () => load('ours, tls_client_auth (keep-alive)', {
+        url: oursUrl, method: 'POST', headers: FORM, body: `${GRANT}&client_id=bench-mtls`, tlsOptions: { ca, cert: mtls.cert, key: mtls.key },
+      }),
+    };
+    const order: (keyof typeof rounds)[] = ['base', 'basic', 'jwt', 'mtls'];
     for (let round = 1; round <= ROUNDS; round += 1) {
-      log(`round ${round}: Basic tokens`);
-      // Alternate who goes first, so neither gains from the order.
-      const runBase = async () => baseRounds.push(await load('bare engine, Basic', basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret'))));
-      const runOurs = async () => oursRounds.push(await load('ours, Basic', basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!))));
-      if (round % 2) {
-        await runBase();
-        await runOurs();
-      } else {
-        await runOurs();
-        await runBase();
+      log(`round ${round}`);
+      // Each round starts with a different run, so none gains from the order; ratios are
+      // taken within a round, where the machine is the same.
+      for (let i = 0; i < order.length; i += 1) {
+        const name = order[(i + round - 1) % order.length]!;
+        rounds[name].push(await runs[name]());
       }
     }
-    const base = combine('bare engine, Basic', baseRounds);
-    const basic = combine('ours, Basic', oursRounds);
+    const base = combine('bare engine, Basic', rounds.base);
+    const basic = combine('ours, Basic', rounds.basic);
+    const jwt = combine('ours, private_key_jwt', rounds.jwt);
+    const mtlsRun = combine('ours, tls_client_auth (keep-alive)', rounds.mtls);
+    const perRound = (a: Measure[], b: Measure[], pick: (m: Measure) => number) => median(a.map((m, i) => pick(m) / pick(b[i]!)));
 
-    log('other methods and endpoints');
-    const pool = assertions(Math.ceil(SECONDS * 6000), 'bench-jwt', ours.issuer, jwtKey);
-    let next = 0;
-    const jwt = await load('ours, private_key_jwt', {
-      url: oursUrl, tlsOptions: tls,
-      requests: [{
-        method: 'POST', headers: FORM,
-        setupRequest: (request) => ({
-          ...request,
-          body: `${GRANT}&client_assertion_type=${encodeURIComponent('urn:ietf:params:oauth:client-assertion-type:jwt-bearer')}&client_assertion=${pool[next++ % pool.length]}`,
-        }),
-      }],
-    });
-    const mtlsRun = await load('ours, tls_client_auth (keep-alive)', {
-      url: oursUrl, method: 'POST', headers: FORM, body: `${GRANT}&client_id=bench-mtls`, tlsOptions: { ca, cert: mtls.cert, key: mtls.key },
-    });
+    log('other endpoints');
     const mtlsReconnect = await load('ours, tls_client_auth (new connection every 20 requests)', {
       url: oursUrl, method: 'POST', headers: FORM, body: `${GRANT}&client_id=bench-mtls`, reconnectRate: 20, tlsOptions: { ca, cert: mtls.cert, key: mtls.key },
     });
@@ -217,19 +223,23 @@ async function main(): Promise<void> {
     const twoWorkers = await load('ours, Basic, WORKERS=2', basicRun(`${two.issuer}/token`, basicHeader('bench-basic', secrets.basic!)));
     await two.stop();
 
-    const ratio = (a: number, b: number) => Math.round((a / b) * 100) / 100;
+    const round2 = (x: number) => Math.round(x * 100) / 100;
+    const ratio = (a: number, b: number) => round2(a / b);
     Object.assign(results, {
       date: new Date().toISOString(),
       machine: { cpu: cpus()[0]?.model, cores: cpus().length, memory_gb: Math.round(totalmem() / 2 ** 30), node: process.version, pinned: hasTaskset },
       settings: { connections: CONNECTIONS, seconds_per_run: SECONDS, rounds: ROUNDS },
       ceiling,
-      runs: { base, basic, jwt, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds: { base: baseRounds, ours: oursRounds } },
+      runs: { base, basic, jwt, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds },
+      // Throughput ratios: the median of the ratios within each round.
       ratios: {
-        basic_vs_baseline: ratio(basic.requests_per_second, base.requests_per_second),
+        basic_vs_baseline: round2(perRound(rounds.basic, rounds.base, (m) => m.requests_per_second)),
         basic_vs_rsa_ceiling: ratio(basic.requests_per_second, ceiling.signatures_per_second),
-        p99_vs_baseline: ratio(basic.p99_ms, base.p99_ms),
-        private_key_jwt_vs_basic: ratio(jwt.requests_per_second, basic.requests_per_second),
-        mtls_vs_basic: ratio(mtlsRun.requests_per_second, basic.requests_per_second),
+        p99_vs_baseline: round2(perRound(rounds.basic, rounds.base, (m) => m.p99_ms)),
+        private_key_jwt_vs_basic: round2(perRound(rounds.jwt, rounds.basic, (m) => m.requests_per_second)),
+        mtls_vs_basic: round2(perRound(rounds.mtls, rounds.basic, (m) => m.requests_per_second)),
+        jwks_vs_rsa_ceiling: ratio(jwks.requests_per_second, ceiling.signatures_per_second),
+        introspection_vs_rsa_ceiling: ratio(introspection.requests_per_second, ceiling.signatures_per_second),
         two_workers_vs_one: ratio(twoWorkers.requests_per_second, basic.requests_per_second),
       },
       memory_mb: { idle: idleRss, after_warmup: rssAfterWarm, after_all: rssAfterAll, peak: peakRss, tokens: MEMORY_TOKENS, warmup_tokens: warm },
@@ -247,7 +257,7 @@ interface Report {
   machine: { cpu: string; cores: number; memory_gb: number; node: string; pinned: boolean };
   settings: { connections: number; seconds_per_run: number; rounds: number };
   ceiling: { signatures_per_second: number; jwts_per_second: number };
-  runs: Record<'base' | 'basic' | 'jwt' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure>;
+  runs: Record<'base' | 'basic' | 'jwt' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure> & { rounds: unknown };
   ratios: Record<string, number>;
   memory_mb: Record<string, number>;
 }
@@ -258,16 +268,17 @@ function writeReports(report: Report): void {
   const md = [
     `Measured ${report.date.slice(0, 10)} on ${machine.cores} × ${machine.cpu}, ${machine.memory_gb} GiB, Node ${machine.node}; `
       + `${machine.pinned ? 'server on core 0, load generator on core 1' : 'unpinned'}; ${settings.connections} connections, `
-      + `${settings.seconds_per_run} s per run after a 5 s warm-up, Basic runs alternated with the bare engine in ${settings.rounds} rounds (median shown); PostgreSQL on the same machine.`,
+      + `${settings.seconds_per_run} s per run after a 5 s warm-up, the bare engine, Basic, private_key_jwt and mTLS run in turn in ${settings.rounds} rounds (medians shown); PostgreSQL on the same machine.`,
     '',
     '| run | requests/s | p50 ms | p99 ms | non-2xx |',
     '|---|---:|---:|---:|---:|',
     `| RSA-2048 ceiling (signatures/s on one core; complete JWTs/s: ${ceiling.jwts_per_second}) | ${ceiling.signatures_per_second} | | | |`,
     ...rows.map((r) => `| ${r.name} | ${r.requests_per_second} | ${r.p50_ms} | ${r.p99_ms} | ${r.non_2xx + r.errors} |`),
     '',
-    `Ratios: Basic / bare engine **${ratios.basic_vs_baseline}**, Basic / RSA ceiling **${ratios.basic_vs_rsa_ceiling}**, `
-      + `p99 / bare engine ${ratios.p99_vs_baseline}, private_key_jwt / Basic ${ratios.private_key_jwt_vs_basic}, `
-      + `mTLS / Basic ${ratios.mtls_vs_basic}, WORKERS=2 / one pinned worker ${ratios.two_workers_vs_one}.`,
+    `Ratios (within each round, median): Basic / bare engine **${ratios.basic_vs_baseline}**, p99 / bare engine ${ratios.p99_vs_baseline}, `
+      + `private_key_jwt / Basic ${ratios.private_key_jwt_vs_basic}, mTLS / Basic ${ratios.mtls_vs_basic}. `
+      + `Basic / RSA ceiling **${ratios.basic_vs_rsa_ceiling}**, /jwks / RSA ceiling ${ratios.jwks_vs_rsa_ceiling}, introspection / RSA ceiling ${ratios.introspection_vs_rsa_ceiling}, `
+      + `WORKERS=2 / one pinned worker ${ratios.two_workers_vs_one}.`,
     `Memory (RSS): idle ${memory.idle} MB, after ${memory.warmup_tokens} tokens ${memory.after_warmup} MB, after ${memory.tokens} tokens ${memory.after_all} MB (peak ${memory.peak} MB).`,
     '',
   ].join('\n');
