@@ -1,5 +1,6 @@
 // Every setting, its default and its meaning, in one place. Parsed and checked once at
 // start; a bad value stops the start with one line naming the setting.
+import { accessSync, constants } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 
@@ -80,6 +81,17 @@ function integer(env: Env, name: string, fallback: number, min: number, max: num
   return value;
 }
 
+function file(env: Env, name: string): string | undefined {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return undefined;
+  try {
+    accessSync(raw, constants.R_OK);
+  } catch {
+    fail(name, raw, 'a readable file');
+  }
+  return raw;
+}
+
 function oneOf<T extends string>(env: Env, name: string, fallback: T, allowed: readonly T[]): T {
   const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
@@ -154,13 +166,13 @@ export function loadSettings(env: Env = process.env): Settings {
     migrationsDir: resolve(env.MIGRATIONS_DIR || 'migrations'),
     migrateOnStart: bool(env, 'MIGRATE_ON_START', true),
     tlsMode,
-    tlsCert: env.TLS_CERT || undefined,
-    tlsKey: env.TLS_KEY || undefined,
-    tlsClientCa: env.TLS_CLIENT_CA || undefined,
+    tlsCert: file(env, 'TLS_CERT'),
+    tlsKey: file(env, 'TLS_KEY'),
+    tlsClientCa: file(env, 'TLS_CLIENT_CA'),
     trustedProxies,
     clientCertHeader,
     jwksUriAllowPrivate: bool(env, 'JWKS_URI_ALLOW_PRIVATE', false),
-    jwksUriCa: env.JWKS_URI_CA || undefined,
+    jwksUriCa: file(env, 'JWKS_URI_CA'),
     keysDir: resolve(env.KEYS_DIR || 'keys'),
     accessTokenTtl,
     maxAccessTokenTtl,
