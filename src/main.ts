@@ -34,6 +34,8 @@ function scheduleTimes(settings: Settings) {
 
 async function signingKeys(settings: Settings, logger: Logger): Promise<KeySet> {
   let keys = await readKeys(settings.keysDir, scheduleTimes(settings));
+  // At start an unusable key file is an error to fix, not something to run without.
+  if (keys.problems.length) throw new SettingError(`setting KEYS_DIR=${JSON.stringify(settings.keysDir)} is invalid: ${keys.problems[0]}`);
   if (!keys.signer) {
     if (settings.production) throw new SettingError(`setting KEYS_DIR=${JSON.stringify(settings.keysDir)} is invalid: expected a signing key (npm run keys -- generate) when NODE_ENV=production`);
     mkdirSync(settings.keysDir, { recursive: true });
@@ -136,6 +138,8 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     const reloadKeys = setInterval(() => {
       void (async () => {
         const next = await readKeys(settings.keysDir, scheduleTimes(settings));
+        // While running, a bad file is reported and the other keys go on being served.
+        for (const problem of next.problems) logger.error({ problem }, 'unusable file in KEYS_DIR');
         for (const kid of forgetExpired(settings.keysDir, next)) logger.info({ kid }, 'retired key no longer published');
         if (next.fingerprint === current.fingerprint) return;
         if (!next.signer) throw new Error('no signing key left in KEYS_DIR');

@@ -13,6 +13,7 @@ import {
 import * as oauth from 'openid-client';
 import { fetch as undiciFetch } from 'undici';
 
+import { ensureDevTls } from '../src/keys/dev-tls.ts';
 import {
   addClient, createWorkspace, eventually, freePort, sleep, startServer, type RunningServer, type Workspace,
 } from './helpers/server.ts';
@@ -133,6 +134,8 @@ beforeAll(async () => {
   await addClient(privateWorkspace, 'svc-uri-big', ['--auth', 'private_key_jwt', '--jwks-uri', `https://127.0.0.1:${jwksPort}/big.json`, '--audience', API]);
   await addClient(privateWorkspace, 'svc-uri-slow', ['--auth', 'private_key_jwt', '--jwks-uri', `https://127.0.0.1:${jwksPort}/slow.json`, '--audience', API]);
   await addClient(privateWorkspace, 'svc-uri-redirect', ['--auth', 'private_key_jwt', '--jwks-uri', `https://127.0.0.1:${jwksPort}/redirect.json`, '--audience', API]);
+  // JWKS_URI_CA must name an existing file at start: make the development CA first.
+  await ensureDevTls(privateWorkspace.keysDir);
   privateServer = await startServer(privateWorkspace, {
     JWKS_URI_ALLOW_PRIVATE: 'true',
     JWKS_URI_CA: join(privateWorkspace.keysDir, 'dev-ca.crt'),

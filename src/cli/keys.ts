@@ -35,6 +35,7 @@ program.command('list')
   .option('--json', 'print one JSON array')
   .action((options: { json?: boolean }) => run(async () => {
     const set = await readKeys(settings.keysDir, times);
+    for (const problem of set.problems) process.stderr.write(`unusable: ${problem}\n`);
     const rows = set.all.map((k) => ({
       kid: k.kid,
       state: stateOf(k, set),

@@ -85,6 +85,7 @@ export class ClientRegistry {
   readonly #graceMs: number;
   readonly #onLookup: (result: CacheResult) => void;
   readonly #cache = new Map<string, { record: ClientRecord | undefined; fetchedAt: number }>();
+  #generation = 0;
 
   constructor(db: Database, options: RegistryOptions) {
     this.#db = db;
@@ -102,6 +103,7 @@ export class ClientRegistry {
       return hit.record;
     }
     let record: ClientRecord | undefined;
+    const generation = this.#generation;
     try {
       record = await query(() => this.#load(clientId));
     } catch (err) {
@@ -114,7 +116,8 @@ export class ClientRegistry {
     }
     this.#onLookup('miss');
     // Unknown ids are cached too, so a flood of made-up ids cannot reach the database.
-    if (this.#ttlMs > 0) {
+    // A change announced while this read was under way may not be in it: do not keep it.
+    if (this.#ttlMs > 0 && generation === this.#generation) {
       if (this.#cache.size > 10_000) this.#cache.clear();
       this.#cache.set(clientId, { record, fetchedAt: now });
     }
@@ -122,6 +125,7 @@ export class ClientRegistry {
   }
 
   invalidate(clientId?: string): void {
+    this.#generation += 1;
     if (clientId === undefined) this.#cache.clear();
     else this.#cache.delete(clientId);
   }

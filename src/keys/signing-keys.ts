@@ -47,6 +47,8 @@ export interface KeySet {
   all: SigningKey[];
   /** Changes when what is signed or published changes. */
   fingerprint: string;
+  /** Files in KEYS_DIR that could not be used, and why; the other keys are still read. */
+  problems: string[];
 }
 
 function now(): number {
@@ -83,20 +85,28 @@ export async function readKeys(dir: string, times: ScheduleTimes, at = now()): P
   try {
     names = readdirSync(dir);
   } catch { /* no folder yet: no keys */ }
+  const problems: string[] = [];
   for (const name of names) {
     const file = join(dir, name);
+    try {
+      await readKeyFile(name, file);
+    } catch (err) {
+      problems.push(`${file}: ${(err as Error).message}`);
+    }
+  }
+  async function readKeyFile(name: string, file: string): Promise<void> {
     const active = KEY_FILE.exec(name);
     if (active) {
       const privateKey = createPrivateKey(readFileSync(file));
       if (privateKey.asymmetricKeyType !== 'rsa' || (privateKey.asymmetricKeyDetails?.modulusLength ?? 0) < 2048) {
-        throw new Error(`${file}: signing keys must be RSA, 2048 bits or more`);
+        throw new Error('signing keys must be RSA, 2048 bits or more');
       }
       const { kid, jwk } = await publicJwk(privateKey);
-      if (kid !== active[1]) throw new Error(`${file}: file name does not match the key's thumbprint ${kid}`);
+      if (kid !== active[1]) throw new Error(`file name does not match the key's thumbprint ${kid}`);
       const appeared = appearedAt(file);
       // Rounded up: a key never signs a fraction of a second before its full delay has passed.
       all.push({ kid, jwk, privateKey, publishedAt: Math.floor(appeared), signsFrom: Math.ceil(appeared) + delay });
-      continue;
+      return;
     }
     const retired = RETIRED_FILE.exec(name);
     if (retired) {
@@ -111,6 +121,12 @@ export async function readKeys(dir: string, times: ScheduleTimes, at = now()): P
       });
     }
   }
+  // `keys retire` writes the retired record before it deletes the private key: a reader in
+  // between sees both, and the key is retired.
+  for (const key of all.filter((k) => k.retiredAt !== undefined)) {
+    const stale = all.findIndex((k) => k.kid === key.kid && k.retiredAt === undefined);
+    if (stale !== -1) all.splice(stale, 1);
+  }
   all.sort((a, b) => a.publishedAt - b.publishedAt || a.kid.localeCompare(b.kid));
   const active = all.filter((k) => k.privateKey);
   const ready = active.filter((k) => k.signsFrom <= at);
@@ -119,7 +135,7 @@ export async function readKeys(dir: string, times: ScheduleTimes, at = now()): P
   const published = all.filter((k) => k.retiredAt === undefined || at < (k.unpublishAt ?? 0));
   published.sort((a, b) => (a === signer ? -1 : b === signer ? 1 : 0));
   const fingerprint = [signer?.kid ?? '-', ...published.map((k) => k.kid)].join(',');
-  return { signer, published, all, fingerprint };
+  return { signer, published, all, fingerprint, problems };
 }
 
 export async function generateKey(dir: string): Promise<string> {
