@@ -48,8 +48,11 @@ async function signingKeys(settings: Settings, logger: Logger): Promise<KeySet> 
 
 async function tlsMaterial(settings: Settings): Promise<TlsMaterial | undefined> {
   if (settings.tlsMode === 'proxy') return undefined;
+  // The handshake must trust exactly the CAs the code trusts (client-certificates.ts): with
+  // no `ca`, Node would verify client certificates against the public roots.
+  const clientCa = settings.tlsClientCa ?? (settings.production ? undefined : join(settings.keysDir, 'dev-ca.crt'));
   if (settings.tlsCert && settings.tlsKey) {
-    return readTlsMaterial({ cert: settings.tlsCert, key: settings.tlsKey, clientCa: settings.tlsClientCa });
+    return readTlsMaterial({ cert: settings.tlsCert, key: settings.tlsKey, clientCa });
   }
   const dev = await ensureDevTls(settings.keysDir);
   return readTlsMaterial({ cert: dev.serverCert, key: dev.serverKey, clientCa: settings.tlsClientCa ?? dev.caCert });

@@ -79,6 +79,23 @@ describe('failed client authentication: 401 invalid_client, all alike', () => {
     expect(res.status).toBe(200);
   });
 
+  test('a client id no client can have (a NUL byte): 401, and the database path is not tripped', async () => {
+    const res = await server.post('/token', { ...grant, client_id: '\u0000x', client_secret: 'y' });
+    expect(res.status).toBe(401);
+    expect(res.body).toEqual(CLIENT_AUTH_FAILED);
+    // An uncached lookup right after still reaches the database and answers normally.
+    const next = await server.post('/token', grant, { basic: [`never-seen-${Date.now()}`, 'x'] });
+    expect(next.status).toBe(401);
+  });
+
+  test('a DPoP proof does not turn the token into a DPoP-bound one', async () => {
+    const res = await server.post('/token', grant, { basic: ['svc', secret], headers: { dpop: 'eyJhbGciOiJFUzI1NiJ9.e30.x' } });
+    expect(res.status).toBe(200);
+    expect(res.body.token_type).toBe('Bearer');
+    const payload = JSON.parse(Buffer.from(res.body.access_token.split('.')[1], 'base64url').toString());
+    expect(payload.cnf).toBeUndefined();
+  });
+
   test('no credentials at all', async () => {
     const res = await server.post('/token', grant);
     expectRfcError(res, 400, 'invalid_request');

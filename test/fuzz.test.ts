@@ -30,7 +30,9 @@ const b64url = (value: string) => Buffer.from(value).toString('base64url');
 const text = fc.string({ maxLength: 60 });
 const jsonish = fc.oneof(fc.json({ maxDepth: 2 }), text, fc.constant('{"alg":"none"}'), fc.constant('{"alg":"HS256","kid":"x"}'));
 const jwtShaped = fc.tuple(jsonish, jsonish, fc.string({ maxLength: 40 })).map(([h, p, s]) => `${b64url(h)}.${b64url(p)}.${b64url(s)}`);
-const param = fc.oneof(text, jwtShaped, fc.constantFrom('client_credentials', 'svc', API, 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'));
+// Any code point, control characters and NUL included (PostgreSQL refuses NUL in text).
+const anyChars = fc.string({ unit: 'binary', maxLength: 40 });
+const param = fc.oneof(text, anyChars, jwtShaped, fc.constantFrom('client_credentials', 'svc', API, 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'));
 const form = fc.dictionary(
   fc.constantFrom('grant_type', 'client_id', 'client_secret', 'client_assertion', 'client_assertion_type', 'scope', 'resource', 'token', 'token_type_hint', 'x'),
   param,

@@ -1,7 +1,7 @@
 // RFC 7662 introspection and RFC 7009 revocation of our JWT access tokens.
 import { generateKeyPair, SignJWT } from 'jose';
 
-import { addClient, applyPending, createWorkspace, decodeJwtPart, sleep, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
+import { addClient, applyPending, createWorkspace, decodeJwtPart, eventually, sleep, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
 
 const API = 'https://orders.example.test';
 const OTHER = 'https://billing.example.test';
@@ -165,4 +165,15 @@ test('a disabled client\'s tokens introspect inactive', async () => {
     await sleep(200);
   } while (Date.now() < deadline);
   expect(body).toEqual({ active: false });
+
+  // Revoked while its client is disabled, the token stays revoked when the client returns.
+  const revoked = await server.post('/token/revocation', { token: value }, { basic: ['rs-orders', secrets['rs-orders']!] });
+  expect(revoked.status).toBe(200);
+  expect((await workspace.cli('client', ['enable', 'svc-doomed'])).code).toBe(0);
+  server = await applyPending(server);
+  await eventually(async () => {
+    const res = await server.post('/token', { grant_type: 'client_credentials' }, { basic: ['svc-doomed', secrets['svc-doomed']!] });
+    return res.status === 200 && (await introspect(res.body.access_token)).body.active === true;
+  }, 11_000, 'svc-doomed enabled again');
+  expect((await introspect(value)).body).toEqual({ active: false });
 });

@@ -21,6 +21,8 @@ export const ASSERTION_ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
 /** Longest a client assertion may be valid for (RFC 7523 leaves this to the server). */
 export const MAX_ASSERTION_LIFETIME = 300;
 export const CLOCK_TOLERANCE = 15;
+/** The shape every registered client id has (the clients table checks the same). */
+const CLIENT_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export const AUTH_METHODS_SUPPORTED = [
   'client_secret_basic',
@@ -166,6 +168,9 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
       devInteractions: { enabled: false },
       externalSigningSupport: { enabled: true, ack: 'experimental-01' },
       clientCredentials: { enabled: true },
+      // Not advertised and not checked by introspection: a DPoP proof gets an error, not a
+      // token whose binding no resource API would enforce.
+      dPoP: { enabled: false },
       introspection: { enabled: false },
       revocation: { enabled: false },
       userinfo: { enabled: false },
@@ -263,7 +268,9 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
   const built = new WeakMap<ClientRecord, InstanceType<Provider['Client']>>();
   const engineFind = provider.Client.find.bind(provider.Client);
   provider.Client.find = async (id: string) => {
-    if (typeof id !== 'string' || !id) return undefined;
+    // An id no client can have is unknown without asking the database (which refuses some
+    // bytes outright, and such an error must not read as an outage).
+    if (typeof id !== 'string' || !CLIENT_ID.test(id)) return undefined;
     const ctx = Provider.ctx as { state?: { address?: string }; set?: (name: string, value: string) => void } | undefined;
     const address = ctx?.state?.address;
     if (bruteForce && address) {

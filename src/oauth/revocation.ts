@@ -7,14 +7,16 @@ import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 
 import { StorageUnavailable } from '../storage/errors.ts';
 import { TemporarilyUnavailable, type EngineClient } from './engine.ts';
-import { liveToken, mayIntrospect, tokenParam, type TokenCheckDeps } from './introspection.ts';
+import { mayIntrospect, tokenParam, type TokenCheckDeps } from './introspection.ts';
 
 export function revocation(deps: TokenCheckDeps): Middleware {
   return async (ctx) => {
     const oidcCtx = ctx as unknown as KoaContextWithOIDC;
     const caller = oidcCtx.oidc.client as EngineClient;
     const token = tokenParam(oidcCtx);
-    const claims = await liveToken(deps, token);
+    // Any token of ours that has not expired can be revoked, even one whose client is now
+    // disabled: re-enabling the client must not bring a revoked token back.
+    const claims = await deps.verify()(token);
     if (claims) {
       if (claims.client_id !== caller.clientId && !mayIntrospect(caller, claims)) {
         const err = new errors.UnauthorizedClient('this client may not revoke that token');

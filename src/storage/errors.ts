@@ -23,7 +23,20 @@ export async function query<T>(run: () => Promise<T>): Promise<T> {
   try {
     return await run();
   } catch (err) {
+    if (!isOutage(err)) throw err;
     failedAt = Date.now();
     throw new StorageUnavailable(err);
   }
+}
+
+/**
+ * A failure of the database to answer (connection, timeout, shutdown), as opposed to an
+ * answer that refuses the statement: only the first is an outage. SQLSTATE classes 08
+ * (connection), 53 (resources), 57 (operator intervention) and 58 (system) count.
+ */
+function isOutage(err: unknown): boolean {
+  const { code, name } = (err ?? {}) as { code?: unknown; name?: unknown };
+  if (name === 'KnexTimeoutError') return true;
+  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return /^(08|53|57|58)/.test(code);
+  return true;
 }
