@@ -104,7 +104,7 @@ describe('from an address that is not a trusted proxy', () => {
     const res = await token('svc-px', forwarded(pem.trusted!));
     expect(res.status).toBe(401);
     expect(res.body).toEqual(CLIENT_AUTH_FAILED);
-    const warning = server.output().split('\n').filter((line) => line.includes(WARNING)).map((line) => JSON.parse(line) as Record<string, unknown>);
+    const warning = await server.logLines((line) => line.msg === WARNING, 1);
     expect(warning).toHaveLength(1);
     expect(warning[0]).toMatchObject({ level: 40, remote_address: expect.stringMatching(/127\.0\.0\.1$/), header: 'x-ssl-client-cert' });
   });

@@ -58,7 +58,7 @@ suite('two workers', () => {
   test('both workers serve', async () => {
     const results = await spread(24, async (agent) => (await post(agent, '/token', { grant_type: 'client_credentials' }, ['svc', secret])).status);
     expect(results).toEqual(Array(24).fill(200));
-    const issued = server.output().split('\n').filter((l) => l.includes('"event":"token.issued"')).map((l) => JSON.parse(l).pid as number);
+    const issued = (await server.logLines((l) => l.event === 'token.issued', 24)).map((l) => l.pid);
     expect(new Set(issued).size).toBe(2);
   });
 
@@ -97,7 +97,7 @@ suite('two workers', () => {
     const workers = new Set(issued.map(([, labels]) => /worker="(\d+)"/.exec(labels!)![1]));
     expect(workers.size).toBe(2);
     const total = issued.reduce((sum, [, , value]) => sum + Number(value), 0);
-    const logged = server.output().split('\n').filter((l) => l.includes('"event":"token.issued"')).length;
+    const logged = (await server.logLines((l) => l.event === 'token.issued', total)).length;
     expect(total).toBe(logged);
     expect(text).toMatch(/^m2m_refusals_total\{.*reason="client assertion tokens must only be used once".*\} \d+/m);
     expect(text).toMatch(/^m2m_signing_key_age_seconds\{/m);

@@ -114,6 +114,11 @@ export interface RunningServer {
   port: number;
   /** Everything the process wrote to stdout (JSON log lines) and stderr. */
   output(): string;
+  /**
+   * The JSON log lines that match, once there are at least `count` of them: the server
+   * writes its log asynchronously, so a line may arrive just after the answer it is about.
+   */
+  logLines(match: (line: Record<string, unknown>) => boolean, count: number): Promise<Record<string, unknown>[]>;
   /** Trusts the development CA; optionally presents a client certificate. */
   agent(clientCert?: { cert: string; key: string }): Agent;
   fetch(path: string, init?: RequestInit & { cert?: { cert: string; key: string } }): Promise<Response>;
@@ -185,6 +190,12 @@ export async function startServer(workspace: Workspace, extraEnv: Record<string,
   return {
     workspace, issuer, port, process: child,
     output: () => output,
+    async logLines(match, count) {
+      let found: Record<string, unknown>[] = [];
+      const parsed = () => output.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>).filter(match);
+      await eventually(async () => (found = parsed()).length >= count, 5000, `${count} matching log lines`).catch(() => {});
+      return found;
+    },
     agent,
     fetch: doFetch,
     async post(path, form, options = {}) {
