@@ -4,21 +4,21 @@
 import cluster from 'node:cluster';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 
 import { insertClient } from './clients/register.ts';
 import { ClientRegistry } from './clients/registry.ts';
 import { digestSecret, generateSecret } from './clients/secrets.ts';
 import { buildApp, type Lifecycle } from './http/app.ts';
-import { createBruteForce } from './oauth/brute-force.ts';
-import { createMetrics, serveClusterMetrics } from './metrics.ts';
 import { createServer, readTlsMaterial, type Handler, type TlsMaterial } from './http/server.ts';
-import type { Server as HttpsServer } from 'node:https';
 import { ensureDevTls } from './keys/dev-tls.ts';
-import { certificateHooks, parseCertificateBundle } from './oauth/client-certificates.ts';
 import { forgetExpired, generateKey, readKeys, type KeySet } from './keys/signing-keys.ts';
 import { createLogger, type Logger } from './log.ts';
+import { createMetrics, serveClusterMetrics } from './metrics.ts';
+import { createBruteForce } from './oauth/brute-force.ts';
+import { certificateHooks, parseCertificateBundle } from './oauth/client-certificates.ts';
 import { loadSettings, SettingError, type Settings } from './settings.ts';
 import { openDatabase, type OpenDatabase } from './storage/database.ts';
 import { databaseAnswered } from './storage/errors.ts';
@@ -46,16 +46,21 @@ async function signingKeys(settings: Settings, logger: Logger): Promise<KeySet> 
   return keys;
 }
 
+/** The CAs trusted for tls_client_auth: TLS_CLIENT_CA, or outside production the dev CA. */
+function clientCaFile(settings: Settings): string | undefined {
+  return settings.tlsClientCa ?? (settings.production ? undefined : join(settings.keysDir, 'dev-ca.crt'));
+}
+
 async function tlsMaterial(settings: Settings): Promise<TlsMaterial | undefined> {
   if (settings.tlsMode === 'proxy') return undefined;
   // The handshake must trust exactly the CAs the code trusts (client-certificates.ts): with
   // no `ca`, Node would verify client certificates against the public roots.
-  const clientCa = settings.tlsClientCa ?? (settings.production ? undefined : join(settings.keysDir, 'dev-ca.crt'));
+  const clientCa = clientCaFile(settings);
   if (settings.tlsCert && settings.tlsKey) {
     return readTlsMaterial({ cert: settings.tlsCert, key: settings.tlsKey, clientCa });
   }
   const dev = await ensureDevTls(settings.keysDir);
-  return readTlsMaterial({ cert: dev.serverCert, key: dev.serverKey, clientCa: settings.tlsClientCa ?? dev.caCert });
+  return readTlsMaterial({ cert: dev.serverCert, key: dev.serverKey, clientCa });
 }
 
 async function createDemoClient(settings: Settings, database: OpenDatabase, logger: Logger): Promise<void> {
@@ -112,8 +117,8 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     });
     const replay = new ReplayStore(database.db);
     const revocations = new RevocationStore(database.db);
-    const clientCaFile = settings.tlsClientCa ?? (settings.production ? undefined : join(settings.keysDir, 'dev-ca.crt'));
-    const clientCas = clientCaFile ? parseCertificateBundle(readFileSync(clientCaFile, 'utf8')) : [];
+    const caFile = clientCaFile(settings);
+    const clientCas = caFile ? parseCertificateBundle(readFileSync(caFile, 'utf8')) : [];
     const certificates = certificateHooks(settings, clientCas, logger);
     const bruteForce = createBruteForce({
       perClient: settings.authFailureLimit,

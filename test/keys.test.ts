@@ -318,3 +318,22 @@ describe('the first key signs at once', () => {
     expect(generated).toMatchObject({ kid: issued.kid, state: 'signing', signs_from: 'now' });
   });
 });
+
+test('a kid that starts with "-" is taken as a kid, not as an option', async () => {
+  const workspace = await createWorkspace();
+  try {
+    let kid = '';
+    for (let i = 0; i < 1000 && !kid.startsWith('-'); i += 1) {
+      const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+      kid = await calculateJwkThumbprint(publicKey.export({ format: 'jwk' }) as JWK, 'sha256');
+      if (kid.startsWith('-')) writeFileSync(join(workspace.keysDir, `sig-${kid}.pem`), privateKey.export({ type: 'pkcs8', format: 'pem' }));
+    }
+    expect(kid.startsWith('-')).toBe(true);
+    expect((await workspace.cli('keys', ['generate'])).code).toBe(0);
+    const retired = await workspace.cli('keys', ['retire', kid, '--force', '--json']);
+    expect(retired.stderr).toBe('');
+    expect(JSON.parse(retired.stdout)).toMatchObject({ kid, state: 'retired' });
+  } finally {
+    await workspace.remove();
+  }
+});

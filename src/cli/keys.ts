@@ -78,6 +78,15 @@ program.command('retire <kid>')
     ]);
   }));
 
+// A kid is base64url and may start with '-': after `retire`, end option parsing so such a
+// kid is taken as the argument it is, not as an unknown option.
+function withKidsAsArguments(argv: string[]): string[] {
+  const at = argv.indexOf('retire');
+  const kid = argv[at + 1];
+  if (at === -1 || kid === undefined || !/^-[A-Za-z0-9_-]{42}$/.test(kid)) return argv;
+  return [...argv.slice(0, at + 1), ...argv.slice(at + 2).filter((a) => a.startsWith('--')), '--', kid];
+}
+
 await run(async () => {
-  await program.parseAsync(process.argv);
+  await program.parseAsync(withKidsAsArguments(process.argv));
 });
