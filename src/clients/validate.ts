@@ -8,13 +8,14 @@ import { DnSyntaxError, normaliseDn } from '../oauth/distinguished-name.ts';
 
 export class InputError extends Error {}
 
-const CLIENT_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+/** The shape every client id has; the clients table's CHECK constraint says the same. */
+export const CLIENT_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 // RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/;
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'k', 'oth'];
 
 export function clientId(value: string): string {
-  if (!CLIENT_ID.test(value)) throw new InputError(`client_id ${JSON.stringify(value)} is invalid: use 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit`);
+  if (!CLIENT_ID_PATTERN.test(value)) throw new InputError(`client_id ${JSON.stringify(value)} is invalid: use 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit`);
   return value;
 }
 

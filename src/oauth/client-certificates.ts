@@ -6,8 +6,8 @@ import type { TLSSocket } from 'node:tls';
 
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
-import ipaddr from 'ipaddr.js';
 import type { Context } from 'koa';
+import proxyAddr from 'proxy-addr';
 
 import type { Logger } from '../log.ts';
 import type { Settings } from '../settings.ts';
@@ -71,15 +71,9 @@ export interface CertificateHooks {
 }
 
 export function certificateHooks(settings: Settings, clientCas: X509Certificate[], logger: Logger): CertificateHooks {
-  const trusted = settings.trustedProxies.map((entry) => (entry.includes('/')
-    ? ipaddr.parseCIDR(entry)
-    : (() => { const a = ipaddr.parse(entry); return [a, a.kind() === 'ipv4' ? 32 : 128] as [ipaddr.IPv4 | ipaddr.IPv6, number]; })()));
-
-  const fromTrustedProxy = (address: string | undefined): boolean => {
-    if (!address || !ipaddr.isValid(address)) return false;
-    const parsed = ipaddr.process(address);
-    return trusted.some(([range, bits]) => parsed.kind() === range.kind() && parsed.match(range, bits));
-  };
+  // The same matcher client-address.ts uses (proxy-addr), so both agree on who a proxy is.
+  const trust = proxyAddr.compile(settings.trustedProxies);
+  const fromTrustedProxy = (address: string | undefined): boolean => address !== undefined && trust(address, 0);
 
   const present = (ctx: Context): Presented | undefined => {
     const state = ctx.state as { [CERT]?: Presented | null };

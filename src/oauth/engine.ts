@@ -6,6 +6,7 @@ import Provider, { errors, type Adapter, type AdapterPayload, type Configuration
 
 import type { ClientRecord, ClientRegistry } from '../clients/registry.ts';
 import { secretMatches } from '../clients/secrets.ts';
+import { CLIENT_ID_PATTERN } from '../clients/validate.ts';
 import type { KeySet } from '../keys/signing-keys.ts';
 import type { Settings } from '../settings.ts';
 import type { Logger } from '../log.ts';
@@ -21,8 +22,6 @@ export const ASSERTION_ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
 /** Longest a client assertion may be valid for (RFC 7523 leaves this to the server). */
 export const MAX_ASSERTION_LIFETIME = 300;
 export const CLOCK_TOLERANCE = 15;
-/** The shape every registered client id has (the clients table checks the same). */
-const CLIENT_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export const AUTH_METHODS_SUPPORTED = [
   'client_secret_basic',
@@ -99,13 +98,18 @@ function engineMetadata(record: ClientRecord): AdapterPayload {
   return metadata as AdapterPayload;
 }
 
-async function lookUp(registry: ClientRegistry, id: string): Promise<ClientRecord | undefined> {
+/** Runs `work`; a database outage becomes the engine's 503 temporarily_unavailable. */
+export async function unlessStorageDown<T>(work: () => Promise<T>): Promise<T> {
   try {
-    return await registry.find(id);
+    return await work();
   } catch (err) {
     if (err instanceof StorageUnavailable) throw new TemporarilyUnavailable();
     throw err;
   }
+}
+
+function lookUp(registry: ClientRegistry, id: string): Promise<ClientRecord | undefined> {
+  return unlessStorageDown(() => registry.find(id));
 }
 
 /** The engine asks its adapter for clients only; tokens are JWTs and are never stored. */
@@ -253,14 +257,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
 
   // One atomic INSERT decides first use of an assertion's jti; the engine's default
   // (find, then insert) would let concurrent replays through.
-  provider.ReplayDetection.unique = async (iss: string, jti: string, exp: number) => {
-    try {
-      return await replay.claim(`${iss}\u0000${jti}`, exp);
-    } catch (err) {
-      if (err instanceof StorageUnavailable) throw new TemporarilyUnavailable();
-      throw err;
-    }
-  };
+  provider.ReplayDetection.unique = (iss: string, jti: string, exp: number) => unlessStorageDown(() => replay.claim(`${iss}\u0000${jti}`, exp));
 
   // Where the engine looks a client up, before it checks any credential: first the brute-
   // force limits for this address and client id, then the registry. The engine would
@@ -270,7 +267,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
   provider.Client.find = async (id: string) => {
     // An id no client can have is unknown without asking the database (which refuses some
     // bytes outright, and such an error must not read as an outage).
-    if (typeof id !== 'string' || !CLIENT_ID.test(id)) return undefined;
+    if (typeof id !== 'string' || !CLIENT_ID_PATTERN.test(id)) return undefined;
     const ctx = Provider.ctx as { state?: { address?: string }; set?: (name: string, value: string) => void } | undefined;
     const address = ctx?.state?.address;
     if (bruteForce && address) {

@@ -4,10 +4,9 @@ import type { Middleware } from 'koa';
 import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 
 import type { ClientRegistry } from '../clients/registry.ts';
-import { StorageUnavailable } from '../storage/errors.ts';
 import type { RevocationStore } from '../storage/revocations.ts';
 import type { AccessTokenClaims, TokenVerifier } from './access-tokens.ts';
-import { TemporarilyUnavailable, type EngineClient } from './engine.ts';
+import { unlessStorageDown, type EngineClient } from './engine.ts';
 
 export interface TokenCheckDeps {
   verify: () => TokenVerifier;
@@ -29,15 +28,12 @@ export function tokenParam(ctx: KoaContextWithOIDC): string {
 export async function liveToken(deps: TokenCheckDeps, token: string): Promise<AccessTokenClaims | undefined> {
   const claims = await deps.verify()(token);
   if (!claims) return undefined;
-  try {
+  // Without the database, revocation cannot be ruled out: say so rather than guess.
+  return unlessStorageDown(async () => {
     if (await deps.revocations.isRevoked(claims.jti)) return undefined;
     const owner = await deps.registry.find(claims.client_id);
     return owner?.enabled ? claims : undefined;
-  } catch (err) {
-    // Without the database, revocation cannot be ruled out: say so rather than guess.
-    if (err instanceof StorageUnavailable) throw new TemporarilyUnavailable();
-    throw err;
-  }
+  });
 }
 
 export function mayIntrospect(caller: EngineClient, claims: AccessTokenClaims): boolean {

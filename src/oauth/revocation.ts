@@ -5,8 +5,7 @@
 import type { Middleware } from 'koa';
 import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 
-import { StorageUnavailable } from '../storage/errors.ts';
-import { TemporarilyUnavailable, type EngineClient } from './engine.ts';
+import { unlessStorageDown, type EngineClient } from './engine.ts';
 import { mayIntrospect, tokenParam, type TokenCheckDeps } from './introspection.ts';
 
 export function revocation(deps: TokenCheckDeps): Middleware {
@@ -23,9 +22,7 @@ export function revocation(deps: TokenCheckDeps): Middleware {
         err.status = err.statusCode = 403;
         throw err;
       }
-      await deps.revocations.revoke(claims.jti, claims.exp).catch((err: unknown) => {
-        throw err instanceof StorageUnavailable ? new TemporarilyUnavailable() : err;
-      });
+      await unlessStorageDown(() => deps.revocations.revoke(claims.jti, claims.exp));
     }
     ctx.status = 200;
     ctx.body = '';
