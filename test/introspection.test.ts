@@ -15,7 +15,7 @@ beforeAll(async () => {
     secrets[id] = (await addClient(workspace, id, ['--auth', 'client_secret_basic', ...args])).client_secret!;
   };
   await register('svc', ['--audience', API, '--scope', 'orders:read']);
-  await register('svc-short', ['--audience', API, '--ttl', '1']);
+  await register('svc-short', ['--audience', API, '--ttl', '3']);
   await register('svc-billing', ['--audience', OTHER]);
   await register('svc-doomed', ['--audience', API]);
   await register('rs-orders', ['--audience', 'https://unused.example.test', '--introspect', API]);
