@@ -1,9 +1,10 @@
 // Prometheus metrics. Each worker counts its own (labelled `worker`); with several workers
 // the primary process gathers them all for whichever worker answers GET /metrics.
 import cluster from 'node:cluster';
-import { randomUUID } from 'node:crypto';
 
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+import { answerWorkers, primary, request } from './cluster.ts';
 
 export interface Metrics {
   registry: Registry;
@@ -56,36 +57,15 @@ export function createMetrics(): Metrics {
 }
 
 const REQUEST = 'm2m:metrics';
-const REPLY = 'm2m:metrics:reply';
 
 /** Primary process: answers workers' requests for everyone's metrics. */
 export function serveClusterMetrics(): void {
   const aggregator = new AggregatorRegistry();
-  cluster.on('message', (worker, message: { type?: string; id?: string }) => {
-    if (message?.type !== REQUEST) return;
-    aggregator.clusterMetrics()
-      .then((text) => worker.send({ type: REPLY, id: message.id, text }))
-      .catch((err: Error) => worker.send({ type: REPLY, id: message.id, error: err.message }));
-  });
+  answerWorkers(REQUEST, () => aggregator.clusterMetrics());
 }
 
 /** The text for GET /metrics: this process's, or, in a worker, every worker's. */
 export async function metricsText(metrics: Metrics): Promise<string> {
   if (!cluster.isWorker) return metrics.registry.metrics();
-  const id = randomUUID();
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      process.off('message', onMessage);
-      reject(new Error('the primary process did not answer for metrics'));
-    }, 5000);
-    const onMessage = (message: { type?: string; id?: string; text?: string; error?: string }) => {
-      if (message?.type !== REPLY || message.id !== id) return;
-      clearTimeout(timer);
-      process.off('message', onMessage);
-      if (message.error !== undefined) reject(new Error(message.error));
-      else resolve(message.text ?? '');
-    };
-    process.on('message', onMessage);
-    process.send!({ type: REQUEST, id });
-  });
+  return request<string>(primary(), REQUEST, null, 5000);
 }
