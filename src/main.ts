@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
 import { insertClient } from './clients/register.ts';
+import { answerPrimary, answerWorkers, askOtherWorkers, primary, request } from './cluster.ts';
 import { ClientRegistry } from './clients/registry.ts';
 import { digestSecret, generateSecret } from './clients/secrets.ts';
 import { buildApp, type Lifecycle } from './http/app.ts';
@@ -22,7 +23,7 @@ import { certificateHooks, parseCertificateBundle } from './oauth/client-certifi
 import { loadSettings, SettingError, type Settings } from './settings.ts';
 import { openDatabase, type OpenDatabase } from './storage/database.ts';
 import { databaseAnswered } from './storage/errors.ts';
-import { listenForClientChanges, type Listener } from './storage/notifications.ts';
+import { CLIENT_CHANNEL, listen, REVOCATION_CHANNEL, type Listener } from './storage/notifications.ts';
 import { ReplayStore } from './storage/replay.ts';
 import { RevocationStore } from './storage/revocations.ts';
 
@@ -102,6 +103,12 @@ async function prepare(settings: Settings, database: OpenDatabase, logger: Logge
 }
 
 const TICKET_KEYS_ENV = 'M2M_TLS_TICKET_KEYS';
+/** A worker revoked a token: the primary passes it on to the others. */
+const REVOKED = 'm2m:revoked';
+interface Revoked {
+  jti: string;
+  exp: number;
+}
 
 /** One server process: everything from the client registry to the listener. */
 async function serve(settings: Settings, database: OpenDatabase, logger: Logger): Promise<void> {
@@ -116,7 +123,14 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       onLookup: (result) => metrics.clientCache.inc({ result }),
     });
     const replay = new ReplayStore(database.db);
-    const revocations = new RevocationStore(database.db);
+    const revocations = new RevocationStore(database.db, {
+      shared: !database.embedded,
+      // In a cluster, every other worker knows of a revocation before the revoking one answers.
+      ...(cluster.isWorker ? { announce: (jti, exp) => request<void>(primary(), REVOKED, { jti, exp }, 1000).catch(() => {}) } : {}),
+    });
+    if (cluster.isWorker) answerPrimary(REVOKED, (body) => revocations.remember((body as Revoked).jti, (body as Revoked).exp));
+    await revocations.start();
+    closers.push(async () => revocations.stop());
     const caFile = clientCaFile(settings);
     const clientCas = caFile ? parseCertificateBundle(readFileSync(caFile, 'utf8')) : [];
     const certificates = certificateHooks(settings, clientCas, logger);
@@ -167,10 +181,19 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     closers.push(async () => clearInterval(purge));
 
     if (settings.databaseUrl) {
-      const listener: Listener = listenForClientChanges(
+      const listener: Listener = listen(
         settings.databaseUrl,
-        (clientId) => registry.invalidate(clientId),
-        (err) => logger.warn({ err: err.message }, 'client change notifications interrupted'),
+        {
+          [CLIENT_CHANNEL]: (clientId) => registry.invalidate(clientId || undefined),
+          [REVOCATION_CHANNEL]: (payload) => {
+            const space = payload.indexOf(' ');
+            revocations.remember(payload.slice(space + 1), Number(payload.slice(0, space)));
+          },
+        },
+        // Whatever changed while nobody listened is unknown: start from a clean client cache
+        // (revocations are caught up by polling).
+        () => registry.invalidate(undefined),
+        (err) => logger.warn({ err: err.message }, 'database notifications interrupted'),
       );
       closers.push(() => listener.close());
     }
@@ -222,6 +245,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
 /** WORKERS > 1: fork, replace the dead, stop them all on SIGTERM. */
 function supervise(settings: Settings, logger: Logger): void {
   serveClusterMetrics();
+  answerWorkers(REVOKED, (body, from) => askOtherWorkers(from, REVOKED, body, 500));
   const env = { [TICKET_KEYS_ENV]: randomBytes(48).toString('base64') };
   let stopping = false;
   for (let i = 0; i < settings.workers; i += 1) cluster.fork(env);

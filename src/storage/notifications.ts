@@ -1,17 +1,23 @@
-// PostgreSQL LISTEN for client changes, so a running server drops a cached client the
-// moment a migration changes it. The embedded database is opened by this process alone,
-// so there nothing else can change a client while it runs.
+// PostgreSQL LISTEN, so a running server hears at once when a migration changes a client
+// (it drops the cached entry) or another process revokes a token (it adds the id to its
+// list). The embedded database is opened by this process alone: nothing else changes it.
 import pg from 'pg';
 
 export const CLIENT_CHANNEL = 'm2m_client_changed';
+export const REVOCATION_CHANNEL = 'm2m_token_revoked';
 
 export interface Listener {
   close(): Promise<void>;
 }
 
-export function listenForClientChanges(
+/**
+ * Listens on each channel of `channels` (name → what to do with a payload). `onConnected`
+ * runs after every (re)connection: whatever was sent while nobody listened is lost.
+ */
+export function listen(
   databaseUrl: string,
-  onChange: (clientId: string | undefined) => void,
+  channels: Record<string, (payload: string) => void>,
+  onConnected: () => void,
   onError: (err: Error) => void,
 ): Listener {
   let client: pg.Client | undefined;
@@ -20,17 +26,16 @@ export function listenForClientChanges(
 
   const connect = async () => {
     const next = new pg.Client({ connectionString: databaseUrl, connectionTimeoutMillis: 3000 });
-    next.on('notification', (msg) => onChange(msg.payload || undefined));
+    next.on('notification', (msg) => channels[msg.channel]?.(msg.payload ?? ''));
     next.on('error', (err) => {
       onError(err);
       reconnect();
     });
     try {
       await next.connect();
-      await next.query(`LISTEN ${CLIENT_CHANNEL}`);
+      for (const channel of Object.keys(channels)) await next.query(`LISTEN ${channel}`);
       client = next;
-      // Whatever changed while we were not listening is unknown: start from a clean cache.
-      onChange(undefined);
+      onConnected();
     } catch (err) {
       onError(err as Error);
       void next.end().catch(() => {});

@@ -1,27 +1,105 @@
-// Revoked access-token ids, kept until the token would have expired anyway.
+// Revoked access-token ids. The database keeps them until the token would have expired
+// anyway; every server process also keeps them in memory, so introspection asks the
+// database nothing. The copy is kept current by:
+// - the process itself, for what it revokes (and, in a cluster, the primary tells every
+//   other worker before the revoking one answers);
+// - on PostgreSQL, a NOTIFY from other processes and instances (milliseconds), and a poll
+//   every POLL_MS for the latest revocations in case a notification was lost.
+// A copy that has not caught up with the database for STALE_MS is not trusted: lookups go
+// to the database again (and so answer 503 while it is down) until it has.
 import type { Database } from './database.ts';
 import { query } from './errors.ts';
 
+const POLL_MS = 1000;
+const STALE_MS = 3000;
+/** The poll reads revocations this recent; a longer gap in polling means a full reload. */
+const RECENT_MS = 30_000;
+
+export interface RevocationOptions {
+  /** Other processes may revoke tokens in this database (PostgreSQL). */
+  shared: boolean;
+  /** Tells this instance's other workers; resolves once they know (or could not be told). */
+  announce?: (jti: string, expiresAt: number) => Promise<void>;
+}
+
 export class RevocationStore {
   readonly #db: Database;
+  readonly #options: RevocationOptions;
+  /** jti → exp (epoch seconds) */
+  readonly #revoked = new Map<string, number>();
+  /** When the copy last caught up with the database (ms); 0 before the first load. */
+  #syncedAt = 0;
+  #poller: NodeJS.Timeout | undefined;
 
-  constructor(db: Database) {
+  constructor(db: Database, options: RevocationOptions) {
     this.#db = db;
+    this.#options = options;
+  }
+
+  /** Loads the revocations in force; on a shared database, keeps polling for new ones. */
+  async start(): Promise<void> {
+    if (!this.#options.shared) {
+      await this.#catchUp();
+      return;
+    }
+    // Until a first load succeeds, every lookup asks the database.
+    await this.#catchUp().catch(() => {});
+    this.#poller = setInterval(() => void this.#catchUp().catch(() => {}), POLL_MS);
+    this.#poller.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#poller);
   }
 
   async revoke(jti: string, expiresAt: number): Promise<void> {
-    await query(() => this.#db('revoked_tokens')
-      .insert({ jti, expires_at: new Date(expiresAt * 1000) })
-      .onConflict('jti')
-      .ignore());
+    await query(() => this.#db.raw(
+      'INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, to_timestamp(?)) ON CONFLICT (jti) DO NOTHING',
+      [jti, expiresAt],
+    ));
+    this.remember(jti, expiresAt);
+    await this.#options.announce?.(jti, expiresAt);
+  }
+
+  /** Adds a revocation learnt from elsewhere (another worker, a notification). */
+  remember(jti: string, expiresAt: number): void {
+    if (expiresAt * 1000 > Date.now()) this.#revoked.set(jti, expiresAt);
   }
 
   async isRevoked(jti: string): Promise<boolean> {
-    const row = await query(() => this.#db('revoked_tokens').where({ jti }).first('jti'));
+    if (this.#revoked.has(jti)) return true;
+    if (this.#current()) return false;
+    // The copy may be missing a revocation: ask the database (503 if it cannot answer).
+    const result = await query(() => this.#db.raw(
+      'SELECT extract(epoch FROM expires_at)::bigint AS exp FROM revoked_tokens WHERE jti = ?',
+      [jti],
+    ));
+    const row = (result as { rows: { exp: string | number }[] }).rows[0];
+    if (row) this.remember(jti, Number(row.exp));
     return row !== undefined;
   }
 
   async purgeExpired(): Promise<number> {
+    const now = Date.now() / 1000;
+    for (const [jti, exp] of this.#revoked) if (exp < now) this.#revoked.delete(jti);
     return query(() => this.#db('revoked_tokens').where('expires_at', '<', new Date()).delete());
+  }
+
+  #current(): boolean {
+    if (this.#syncedAt === 0) return false;
+    return !this.#options.shared || Date.now() - this.#syncedAt < STALE_MS;
+  }
+
+  async #catchUp(): Promise<void> {
+    const started = Date.now();
+    // After a gap longer than the recent window (or at first), read everything in force.
+    const since = started - this.#syncedAt < RECENT_MS - POLL_MS
+      ? `revoked_at > now() - interval '${RECENT_MS / 1000} seconds'`
+      : 'expires_at > now()';
+    const result = await query(() => this.#db.raw(
+      `SELECT jti, extract(epoch FROM expires_at)::bigint AS exp FROM revoked_tokens WHERE ${since}`,
+    ).timeout(STALE_MS - POLL_MS));
+    for (const row of (result as { rows: { jti: string; exp: string | number }[] }).rows) this.remember(row.jti, Number(row.exp));
+    this.#syncedAt = started;
   }
 }
