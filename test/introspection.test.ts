@@ -1,4 +1,8 @@
 // RFC 7662 introspection and RFC 7009 revocation of our JWT access tokens.
+import { createHmac, createPrivateKey, createPublicKey, sign } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
 import { generateKeyPair, SignJWT } from 'jose';
 
 import { addClient, applyPending, createWorkspace, decodeJwtPart, eventually, sleep, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
@@ -81,6 +85,49 @@ test('a token signed by a key that is not ours is inactive, even with our kid', 
     .setIssuer(server.issuer).setSubject('svc').setAudience(API).setIssuedAt().setExpirationTime('5m')
     .sign(privateKey);
   expect((await introspect(forged)).body).toEqual({ active: false });
+});
+
+// Signed with our own signing key (read from KEYS_DIR), so only the rule under test differs
+// from a token we issue. The first case is the control: the forging itself is sound.
+test('a token signed with our key is inactive when any rule is broken', async () => {
+  const file = readdirSync(workspace.keysDir).find((f) => /^sig-.*\.pem$/.test(f))!;
+  const key = createPrivateKey(readFileSync(join(workspace.keysDir, file), 'utf8'));
+  const real = await token('svc');
+  const header = decodeJwtPart(real, 0);
+  const claims = decodeJwtPart(real, 1);
+  const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const forge = async (h: Record<string, unknown>, c: Record<string, unknown>) => {
+    const signed = `${b64(h)}.${b64(c)}`;
+    return `${signed}.${sign('sha256', Buffer.from(signed), key).toString('base64url')}`;
+  };
+  const now = Math.floor(Date.now() / 1000);
+
+  expect((await introspect(await forge(header, { ...claims, jti: 'control' }))).body).toMatchObject({ active: true, jti: 'control' });
+  const broken: [string, Record<string, unknown>, Record<string, unknown>][] = [
+    ['another issuer', header, { ...claims, iss: 'https://evil.example.test' }],
+    ['typ JWT', { ...header, typ: 'JWT' }, claims],
+    ['no typ', { alg: 'RS256', kid: header.kid }, claims],
+    ['an unknown kid', { ...header, kid: 'not-ours' }, claims],
+    ['a crit header', { ...header, crit: ['exp'], exp: 1 }, claims],
+    ['an expired exp', header, { ...claims, exp: now - 1 }],
+    ['exp as a string', header, { ...claims, exp: String(now + 300) }],
+    ['no exp', header, { ...claims, exp: undefined }],
+    ['no jti', header, { ...claims, jti: undefined }],
+    ['no client_id', header, { ...claims, client_id: undefined }],
+    ['no sub', header, { ...claims, sub: undefined }],
+    ['an empty aud list', header, { ...claims, aud: [] }],
+    ['nbf in the future', header, { ...claims, nbf: now + 60 }],
+  ];
+  for (const [what, h, c] of broken) {
+    expect([what, (await introspect(await forge(h, c))).body]).toEqual([what, { active: false }]);
+  }
+  // alg none, and HS256 keyed with our public key (the algorithm-confusion attack).
+  const input = (alg: string) => `${b64({ ...header, alg })}.${b64(claims)}`;
+  const publicPem = createPublicKey(key).export({ type: 'spki', format: 'pem' });
+  const confused = `${input('HS256')}.${createHmac('sha256', publicPem).update(input('HS256')).digest('base64url')}`;
+  for (const forged of [`${input('none')}.`, confused, `${input('RS256')}.${real.split('.')[2]}x`]) {
+    expect((await introspect(forged)).body).toEqual({ active: false });
+  }
 });
 
 test('garbage and empty-looking tokens are inactive, a missing token is invalid_request', async () => {
