@@ -111,7 +111,8 @@ async function setup(): Promise<{ workspace: Workspace; secrets: Record<string, 
   const workspace = await createWorkspace({ LOG_LEVEL: 'info', AUTH_FAILURE_LIMIT: '100000', AUTH_FAILURE_ADDRESS_LIMIT: '1000000' });
   await ensureDevTls(workspace.keysDir);
   const secrets: Record<string, string> = {};
-  secrets.basic = (await addClient(workspace, 'bench-basic', ['--auth', 'client_secret_basic', '--audience', API, '--scope', 'read write'])).client_secret!;
+  // An hour: the tokens introspected in the last round were issued before the first.
+  secrets.basic = (await addClient(workspace, 'bench-basic', ['--auth', 'client_secret_basic', '--audience', API, '--scope', 'read write', '--ttl', '3600'])).client_secret!;
   secrets.rs = (await addClient(workspace, 'bench-rs', ['--auth', 'client_secret_basic', '--audience', 'https://unused.bench.test', '--introspect', API])).client_secret!;
   const keyFile = join(workspace.dir, 'bench-jwt.key');
   await addClient(workspace, 'bench-jwt', ['--auth', 'private_key_jwt', '--generate-key', keyFile, '--audience', API, '--scope', 'read write']);
@@ -151,7 +152,14 @@ async function main(): Promise<void> {
     await autocannon({ ...basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, duration: 5 });
     await autocannon({ ...basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret')), connections: CONNECTIONS, duration: 5 });
 
-    const rounds: Record<'base' | 'basic' | 'jwt' | 'mtls', Measure[]> = { base: [], basic: [], jwt: [], mtls: [] };
+    // Introspection asks about many distinct tokens, as resource APIs do, not one over and over.
+    const tokens: string[] = [];
+    for (let i = 0; i < 256; i += 1) {
+      tokens.push(((await ours.post('/token', { grant_type: 'client_credentials' }, { basic: ['bench-basic', secrets.basic!] })).body as { access_token: string }).access_token);
+    }
+    let nextToken = 0;
+
+    const rounds: Record<'base' | 'basic' | 'jwt' | 'mtls' | 'jwks' | 'introspection', Measure[]> = { base: [], basic: [], jwt: [], mtls: [], jwks: [], introspection: [] };
     const runs: Record<keyof typeof rounds, () => Promise<Measure>> = {
       base: () => load('bare engine, Basic', basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret'))),
       basic: () => load('ours, Basic', basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!))),
@@ -173,8 +181,16 @@ async function main(): Promise<void> {
       mtls: () => load('ours, tls_client_auth (keep-alive)', {
         url: oursUrl, method: 'POST', headers: FORM, body: `${GRANT}&client_id=bench-mtls`, tlsOptions: { ca, cert: mtls.cert, key: mtls.key },
       }),
+      jwks: () => load('ours, GET /jwks', { url: `${ours!.issuer}/jwks`, tlsOptions: tls }),
+      introspection: () => load('ours, introspection', {
+        url: `${ours!.issuer}/token/introspection`, tlsOptions: tls,
+        requests: [{
+          method: 'POST', headers: { ...FORM, authorization: basicHeader('bench-rs', secrets.rs!) },
+          setupRequest: (request) => ({ ...request, body: `token=${tokens[nextToken++ % tokens.length]}` }),
+        }],
+      }),
     };
-    const order: (keyof typeof rounds)[] = ['base', 'basic', 'jwt', 'mtls'];
+    const order: (keyof typeof rounds)[] = ['base', 'basic', 'jwt', 'mtls', 'jwks', 'introspection'];
     for (let round = 1; round <= ROUNDS; round += 1) {
       log(`round ${round}`);
       // Each round starts with a different run, so none gains from the order; ratios are
@@ -188,17 +204,18 @@ async function main(): Promise<void> {
     const basic = combine('ours, Basic', rounds.basic);
     const jwt = combine('ours, private_key_jwt', rounds.jwt);
     const mtlsRun = combine('ours, tls_client_auth (keep-alive)', rounds.mtls);
+    // Every token introspected was active to the end (an inactive answer is cheaper).
+    for (const token of [tokens[0]!, tokens[tokens.length - 1]!]) {
+      const answer = await ours.post('/token/introspection', { token }, { basic: ['bench-rs', secrets.rs!] });
+      if ((answer.body as { active?: boolean }).active !== true) throw new Error('an introspected token was not active');
+    }
+    const jwks = combine('ours, GET /jwks', rounds.jwks);
+    const introspection = combine('ours, introspection', rounds.introspection);
     const perRound = (a: Measure[], b: Measure[], pick: (m: Measure) => number) => median(a.map((m, i) => pick(m) / pick(b[i]!)));
 
     log('other endpoints');
     const mtlsReconnect = await load('ours, tls_client_auth (new connection every 20 requests)', {
       url: oursUrl, method: 'POST', headers: FORM, body: `${GRANT}&client_id=bench-mtls`, reconnectRate: 20, tlsOptions: { ca, cert: mtls.cert, key: mtls.key },
-    });
-    const jwks = await load('ours, GET /jwks', { url: `${ours.issuer}/jwks`, tlsOptions: tls });
-    const token = ((await ours.post('/token', { grant_type: 'client_credentials' }, { basic: ['bench-basic', secrets.basic!] })).body as { access_token: string }).access_token;
-    const introspection = await load('ours, introspection', {
-      url: `${ours.issuer}/token/introspection`, method: 'POST',
-      headers: { ...FORM, authorization: basicHeader('bench-rs', secrets.rs!) }, body: `token=${token}`, tlsOptions: tls,
     });
 
     log(`memory: ${MEMORY_TOKENS} tokens`);
@@ -268,7 +285,7 @@ function writeReports(report: Report): void {
   const md = [
     `Measured ${report.date.slice(0, 10)} on ${machine.cores} × ${machine.cpu}, ${machine.memory_gb} GiB, Node ${machine.node}; `
       + `${machine.pinned ? 'server on core 0, load generator on core 1' : 'unpinned'}; ${settings.connections} connections, `
-      + `${settings.seconds_per_run} s per run after a 5 s warm-up, the bare engine, Basic, private_key_jwt and mTLS run in turn in ${settings.rounds} rounds (medians shown); PostgreSQL on the same machine.`,
+      + `${settings.seconds_per_run} s per run after a 5 s warm-up; the bare engine, Basic, private_key_jwt, mTLS, /jwks and introspection (256 distinct tokens) run in turn in ${settings.rounds} rounds (medians shown); PostgreSQL on the same machine.`,
     '',
     '| run | requests/s | p50 ms | p99 ms | non-2xx |',
     '|---|---:|---:|---:|---:|',
