@@ -5,7 +5,12 @@
 // with node:crypto and a KeyObject imported once per key. jose's jwtVerify, used here
 // before, verifies through WebCrypto, which hands each signature to the thread pool and
 // back; it cost about a quarter of an introspection request (see issue 5's note).
-import { createPublicKey, verify, type KeyObject } from 'node:crypto';
+//
+// A resource API introspects the same token on every call it receives with it, so a token
+// whose signature checked out is remembered (by its SHA-256, never the token itself, up to
+// VERIFIED_MAX per key set): the signature is not checked again, the claims that depend on
+// the time are.
+import { createHash, createPublicKey, verify, type KeyObject } from 'node:crypto';
 
 import type { JWTPayload } from 'jose';
 
@@ -25,6 +30,7 @@ export interface AccessTokenClaims extends JWTPayload {
 export type TokenVerifier = (token: string) => Promise<AccessTokenClaims | undefined>;
 
 const SEGMENT = /^[A-Za-z0-9_-]+$/;
+const VERIFIED_MAX = 10_000;
 
 function json(segment: string): Record<string, unknown> | undefined {
   try {
@@ -43,20 +49,28 @@ function headerOk(header: Record<string, unknown>): boolean {
     && Object.keys(header).every((name) => name === 'alg' || name === 'typ' || name === 'kid');
 }
 
-function claimsOk(claims: Record<string, unknown>, issuer: string, now: number): claims is AccessTokenClaims {
+/** The claims a token must carry, whenever it is checked. */
+function claimsOk(claims: Record<string, unknown>, issuer: string): claims is AccessTokenClaims {
   const { iss, exp, iat, nbf, jti, client_id: clientId, sub, aud, scope } = claims;
   return iss === issuer
-    && typeof exp === 'number' && exp > now
-    && typeof iat === 'number'
-    && (nbf === undefined || (typeof nbf === 'number' && nbf <= now))
+    && typeof exp === 'number' && typeof iat === 'number'
+    && (nbf === undefined || typeof nbf === 'number')
     && isString(jti) && isString(clientId) && isString(sub)
     && (isString(aud) || (Array.isArray(aud) && aud.length > 0 && aud.every(isString)))
     && (scope === undefined || isString(scope));
 }
 
+/** Whether the claims are in force now (no clock tolerance). */
+function currentlyValid(claims: AccessTokenClaims): boolean {
+  const now = Math.floor(Date.now() / 1000);
+  return claims.exp > now && (claims.nbf === undefined || claims.nbf <= now);
+}
+
 export function tokenVerifier(issuer: string, keys: KeySet): TokenVerifier {
   const byKid = new Map<string, KeyObject>(keys.published.map((k) => [k.kid, createPublicKey({ key: k.jwk, format: 'jwk' })]));
-  return async (token) => {
+  const verified = new Map<string, AccessTokenClaims>();
+
+  const check = (token: string): AccessTokenClaims | undefined => {
     const parts = token.split('.');
     if (parts.length !== 3 || !parts.every((part) => SEGMENT.test(part))) return undefined;
     const [encodedHeader, encodedClaims, signature] = parts as [string, string, string];
@@ -66,6 +80,19 @@ export function tokenVerifier(issuer: string, keys: KeySet): TokenVerifier {
     if (!key) return undefined;
     if (!verify('sha256', Buffer.from(`${encodedHeader}.${encodedClaims}`), key, Buffer.from(signature, 'base64url'))) return undefined;
     const claims = json(encodedClaims);
-    return claims && claimsOk(claims, issuer, Math.floor(Date.now() / 1000)) ? claims : undefined;
+    return claims && claimsOk(claims, issuer) ? Object.freeze(claims) : undefined;
+  };
+
+  return async (token) => {
+    const digest = createHash('sha256').update(token).digest('base64url');
+    let claims = verified.get(digest);
+    if (!claims) {
+      claims = check(token);
+      if (!claims) return undefined;
+      // Oldest first out: a Map iterates in insertion order.
+      if (verified.size >= VERIFIED_MAX) verified.delete(verified.keys().next().value!);
+      verified.set(digest, claims);
+    }
+    return currentlyValid(claims) ? claims : undefined;
   };
 }
