@@ -234,8 +234,10 @@ async function main(): Promise<void> {
     ours = undefined;
     baseline.child.kill();
 
-    log('WORKERS=2 (unpinned; the load generator shares the machine)');
-    const two = await startServer(workspace, { WORKERS: '2' }, { discardOutput: true });
+    log('WORKERS=2 on both cores (the load generator shares core 1)');
+    // Children inherit this process's pinning to core 1: give the workers every core back.
+    const allCores = hasTaskset ? ['taskset', '-c', `0-${cpus().length - 1}`] : [];
+    const two = await startServer(workspace, { WORKERS: '2' }, { discardOutput: true, prefix: allCores });
     await autocannon({ ...basicRun(`${two.issuer}/token`, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, duration: 2 });
     const twoWorkers = await load('ours, Basic, WORKERS=2', basicRun(`${two.issuer}/token`, basicHeader('bench-basic', secrets.basic!)));
     await two.stop();
