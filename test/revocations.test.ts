@@ -61,6 +61,10 @@ suite('revocations across instances', () => {
     expect((await a.post('/token/revocation', { token }, { basic: ['svc', secret] })).status).toBe(200);
     const elapsed = await eventually(async () => !(await activeAtB(token)), 1000, 'revocation seen by the other instance');
     process.stdout.write(`revocation seen by the other instance after ${elapsed} ms\n`);
+    // The list and its lag are visible to operators.
+    const metrics = await (await a.fetch('/metrics')).text();
+    expect(Number(/^m2m_revoked_tokens\{[^}]*\} (\d+)/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(1);
+    expect(Number(/^m2m_revocations_behind_seconds\{[^}]*\} ([\d.]+)/m.exec(metrics)?.[1])).toBeLessThan(3);
   });
 
   test('a revocation whose notification is lost is found by polling', async () => {

@@ -66,6 +66,12 @@ export class RevocationStore {
     if (expiresAt * 1000 > Date.now()) this.#revoked.set(jti, expiresAt);
   }
 
+  /** For /metrics: how many ids the list holds, and how far behind the database it may be. */
+  state(): { size: number; behindSeconds: number } {
+    const behind = !this.#options.shared && this.#syncedAt > 0 ? 0 : (Date.now() - this.#syncedAt) / 1000;
+    return { size: this.#revoked.size, behindSeconds: Math.round(behind * 10) / 10 };
+  }
+
   async isRevoked(jti: string): Promise<boolean> {
     if (this.#revoked.has(jti)) return true;
     if (this.#current()) return false;
