@@ -1,6 +1,7 @@
 // Requests and answers between the primary process and its workers (WORKERS > 1), over
 // node:cluster's IPC channel. Each request carries an id; its answer comes back as
-// `<type>:reply` with the same id.
+// `<type>:reply` with the same id. A peer that has gone away is not an error here: a
+// request to it times out, and an answer to it is dropped.
 import cluster, { type Worker } from 'node:cluster';
 import { randomUUID } from 'node:crypto';
 
@@ -13,53 +14,84 @@ interface Message {
 
 /** One end of the channel: `process` in a worker, a Worker object in the primary. */
 interface Port {
-  send(message: Message): unknown;
+  send(message: Message, callback: (err: Error | null) => void): unknown;
   on(event: 'message', listener: (message: Message) => void): unknown;
-  off(event: 'message', listener: (message: Message) => void): unknown;
 }
 
 const REPLY = ':reply';
 
+/** Sends without throwing: a closed channel only means the peer is gone. */
+function sendQuietly(port: Port, connected: boolean, message: Message): void {
+  if (!connected) return;
+  try {
+    port.send(message, () => {});
+  } catch {
+    // The channel closed between the check and the send.
+  }
+}
+
+/** Answers awaited on each port, by request id; one listener per port. */
+const pending = new WeakMap<Port, Map<string, (message: Message) => void>>();
+
+function awaiting(port: Port): Map<string, (message: Message) => void> {
+  let byId = pending.get(port);
+  if (!byId) {
+    const created = new Map<string, (message: Message) => void>();
+    port.on('message', (message: Message) => {
+      if (typeof message?.type === 'string' && message.type.endsWith(REPLY) && message.id) created.get(message.id)?.(message);
+    });
+    pending.set(port, created);
+    byId = created;
+  }
+  return byId;
+}
+
 /** Sends a request through `port` and resolves with the answer, or rejects after `timeoutMs`. */
 export function request<T>(port: Port, type: string, body: unknown, timeoutMs: number): Promise<T> {
   const id = randomUUID();
+  const byId = awaiting(port);
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      port.off('message', onMessage);
-      reject(new Error(`no answer to ${type} within ${timeoutMs} ms`));
-    }, timeoutMs);
-    const onMessage = (message: Message) => {
-      if (message?.type !== type + REPLY || message.id !== id) return;
+    const done = (err: Error | undefined, value?: unknown) => {
       clearTimeout(timer);
-      port.off('message', onMessage);
-      if (message.error !== undefined) reject(new Error(message.error));
-      else resolve(message.body as T);
+      byId.delete(id);
+      if (err) reject(err);
+      else resolve(value as T);
     };
-    port.on('message', onMessage);
-    port.send({ type, id, body });
+    const timer = setTimeout(() => done(new Error(`no answer to ${type} within ${timeoutMs} ms`)), timeoutMs);
+    byId.set(id, (message) => {
+      if (message.type !== type + REPLY) return;
+      done(message.error === undefined ? undefined : new Error(message.error), message.body);
+    });
+    try {
+      port.send({ type, id, body }, (err) => {
+        if (err) done(err);
+      });
+    } catch (err) {
+      done(err as Error);
+    }
   });
 }
 
-function reply(port: Pick<Port, 'send'>, message: Message, work: () => unknown): void {
+function reply(port: Port, connected: () => boolean, message: Message, work: () => unknown): void {
   Promise.resolve()
     .then(work)
     .then(
-      (body) => port.send({ type: message.type + REPLY, id: message.id!, body }),
-      (err: unknown) => port.send({ type: message.type + REPLY, id: message.id!, error: (err as Error).message }),
+      (body) => sendQuietly(port, connected(), { type: message.type + REPLY, id: message.id!, body }),
+      (err: unknown) => sendQuietly(port, connected(), { type: message.type + REPLY, id: message.id!, error: String((err as Error)?.message ?? err) }),
     );
 }
 
 /** Worker: answers the primary's requests of one type. */
 export function answerPrimary(type: string, work: (body: unknown) => unknown): void {
   process.on('message', (message: Message) => {
-    if (message?.type === type) reply(process as unknown as Port, message, () => work(message.body));
+    if (message?.type === type) reply(primary(), () => process.connected === true, message, () => work(message.body));
   });
 }
 
 /** Primary: answers every worker's requests of one type, workers forked later included. */
 export function answerWorkers(type: string, work: (body: unknown, from: Worker) => unknown): void {
   cluster.on('message', (worker, message: Message) => {
-    if (message?.type === type) reply(worker, message, () => work(message.body, worker));
+    if (message?.type === type) reply(worker as unknown as Port, () => worker.isConnected(), message, () => work(message.body, worker));
   });
 }
 
