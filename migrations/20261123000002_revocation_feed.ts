@@ -4,7 +4,8 @@
 import type { Knex } from 'knex';
 
 const UP = [
-  `    ALTER TABLE revoked_tokens ADD COLUMN revoked_at timestamptz NOT NULL DEFAULT now()
+  // clock_timestamp(): the time of the insert itself, not of its transaction's start.
+  `    ALTER TABLE revoked_tokens ADD COLUMN revoked_at timestamptz NOT NULL DEFAULT clock_timestamp()
   `,
   `    CREATE INDEX revoked_tokens_revoked_at ON revoked_tokens (revoked_at)
   `,

@@ -44,7 +44,9 @@ export class ReplayStore {
       else first.set(claim.id, claim);
     }
     try {
-      const rows = JSON.stringify([...first.values()].map(({ id, exp }) => ({ id, exp })));
+      // In id order: concurrent batches (other workers, other instances) then take their row
+      // locks in one order and cannot deadlock one another.
+      const rows = JSON.stringify([...first.values()].map(({ id, exp }) => ({ id, exp })).sort((a, b) => (a.id < b.id ? -1 : 1)));
       const result = await query(() => this.#db.raw(
         'INSERT INTO replay_detection (id, expires_at) SELECT id, to_timestamp(exp) FROM json_to_recordset(?::json) AS t(id text, exp float8) '
         + 'ON CONFLICT (id) DO NOTHING RETURNING id',
