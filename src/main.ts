@@ -125,10 +125,12 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     const replay = new ReplayStore(database.db);
     const revocations = new RevocationStore(database.db, {
       shared: !database.embedded,
+      onLearnt: (source) => metrics.revocationsLearnt.inc({ source }),
       // In a cluster, every other worker knows of a revocation before the revoking one answers.
       ...(cluster.isWorker ? { announce: (jti, exp) => request<void>(primary(), REVOKED, { jti, exp }, 1000).catch(() => {}) } : {}),
     });
-    if (cluster.isWorker) answerPrimary(REVOKED, (body) => revocations.remember((body as Revoked).jti, (body as Revoked).exp));
+    if (cluster.isWorker) answerPrimary(REVOKED, (body) => revocations.remember((body as Revoked).jti, (body as Revoked).exp, 'worker'));
+    metrics.watchRevocations(() => revocations.state());
     await revocations.start();
     closers.push(async () => revocations.stop());
     const caFile = clientCaFile(settings);
@@ -187,7 +189,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
           [CLIENT_CHANNEL]: (clientId) => registry.invalidate(clientId || undefined),
           [REVOCATION_CHANNEL]: (payload) => {
             const space = payload.indexOf(' ');
-            revocations.remember(payload.slice(space + 1), Number(payload.slice(0, space)));
+            revocations.remember(payload.slice(space + 1), Number(payload.slice(0, space)), 'notification');
           },
         },
         // Whatever changed while nobody listened is unknown: start from a clean client cache

@@ -14,8 +14,9 @@ export interface Metrics {
   keyAge: Gauge<'kid' | 'state'>;
   poolConnections: Gauge<'state'>;
   clientCache: Counter<'result'>;
-  revokedTokens: Gauge;
-  revocationsBehind: Gauge;
+  revocationsLearnt: Counter<'source'>;
+  /** The revocation list the gauges read at each collection (in every worker). */
+  watchRevocations(state: () => { size: number; behindSeconds: number }): void;
   /** Records a request's latency (the labelled series are looked up once, not per request). */
   observeRequest(endpoint: string, status: number, seconds: number): void;
 }
@@ -38,6 +39,20 @@ export function createMetrics(): Metrics {
     registers: [registry],
   });
   const series = new Map<string, { observe(value: number): void }>();
+  let revocationState: (() => { size: number; behindSeconds: number }) | undefined;
+  new Gauge({
+    name: 'm2m_revoked_tokens', help: 'Unexpired revoked tokens in this process\'s revocation list', registers: [registry],
+    collect() {
+      if (revocationState) this.set(revocationState().size);
+    },
+  });
+  new Gauge({
+    name: 'm2m_revocations_behind_seconds', aggregator: 'max', registers: [registry],
+    help: 'Seconds since this process\'s revocation list last caught up with the database (past 3, lookups go to the database)',
+    collect() {
+      if (revocationState) this.set(revocationState().behindSeconds);
+    },
+  });
   return {
     registry,
     requestDuration,
@@ -54,8 +69,10 @@ export function createMetrics(): Metrics {
     refusals: new Counter({ name: 'm2m_refusals_total', help: 'Requests refused, by endpoint, error code and internal reason', labelNames: ['endpoint', 'error', 'reason'], registers: [registry] }),
     keyAge: new Gauge({ name: 'm2m_signing_key_age_seconds', help: 'Age of each published signing key', labelNames: ['kid', 'state'], registers: [registry], aggregator: 'max' }),
     poolConnections: new Gauge({ name: 'm2m_db_pool_connections', help: 'Database pool connections by state', labelNames: ['state'], registers: [registry] }),
-    revokedTokens: new Gauge({ name: 'm2m_revoked_tokens', help: 'Unexpired revoked tokens in this process\'s revocation list', registers: [registry] }),
-    revocationsBehind: new Gauge({ name: 'm2m_revocations_behind_seconds', help: 'Seconds since this process\'s revocation list last caught up with the database (past 3, lookups go to the database)', registers: [registry], aggregator: 'max' }),
+    revocationsLearnt: new Counter({ name: 'm2m_revocations_learnt_total', help: 'Revocations added to this process\'s list, by how it learnt of them (self, worker, notification, poll, lookup)', labelNames: ['source'], registers: [registry] }),
+    watchRevocations(state) {
+      revocationState = state;
+    },
     clientCache: new Counter({ name: 'm2m_client_cache_lookups_total', help: 'Client lookups by cache result (hit, miss, stale during an outage)', labelNames: ['result'], registers: [registry] }),
   };
 }

@@ -200,9 +200,6 @@ export function buildApp(deps: AppDeps, keys: KeySet): Provider {
     deps.metrics.poolConnections.set({ state: 'used' }, pool.used);
     deps.metrics.poolConnections.set({ state: 'free' }, pool.free);
     deps.metrics.poolConnections.set({ state: 'pending' }, pool.pending);
-    const revoked = revocations.state();
-    deps.metrics.revokedTokens.set(revoked.size);
-    deps.metrics.revocationsBehind.set(revoked.behindSeconds);
     ctx.set('cache-control', 'no-store');
     ctx.type = 'text/plain; version=0.0.4; charset=utf-8';
     ctx.body = await metricsText(deps.metrics);

@@ -14,21 +14,33 @@ const POLL_MS = 1000;
 const STALE_MS = 3000;
 /** The poll reads revocations this recent; a longer gap in polling means a full reload. */
 const RECENT_MS = 30_000;
+/** A full reload reads every revocation in force: it may take longer than a poll. */
+const FULL_LOAD_MS = 15_000;
+
+/** How a process learnt of a revocation. */
+export type RevocationSource = 'self' | 'worker' | 'notification' | 'poll' | 'lookup';
 
 export interface RevocationOptions {
   /** Other processes may revoke tokens in this database (PostgreSQL). */
   shared: boolean;
   /** Tells this instance's other workers; resolves once they know (or could not be told). */
   announce?: (jti: string, expiresAt: number) => Promise<void>;
+  /** Called once per revocation newly added to this process's list. */
+  onLearnt?: (source: RevocationSource) => void;
 }
+
+/** A monotonic clock in ms: a stepped wall clock must not make a stale copy look current. */
+const monotonic = () => performance.now();
 
 export class RevocationStore {
   readonly #db: Database;
   readonly #options: RevocationOptions;
   /** jti → exp (epoch seconds) */
   readonly #revoked = new Map<string, number>();
-  /** When the copy last caught up with the database (ms); 0 before the first load. */
-  #syncedAt = 0;
+  /** When the copy last caught up with the database (monotonic ms); undefined before the first load. */
+  #syncedAt: number | undefined;
+  readonly #createdAt = monotonic();
+  #catchingUp = false;
   #poller: NodeJS.Timeout | undefined;
 
   constructor(db: Database, options: RevocationOptions) {
@@ -57,18 +69,21 @@ export class RevocationStore {
       'INSERT INTO revoked_tokens (jti, expires_at) VALUES (?, to_timestamp(?)) ON CONFLICT (jti) DO NOTHING',
       [jti, expiresAt],
     ));
-    this.remember(jti, expiresAt);
+    this.remember(jti, expiresAt, 'self');
     await this.#options.announce?.(jti, expiresAt);
   }
 
   /** Adds a revocation learnt from elsewhere (another worker, a notification). */
-  remember(jti: string, expiresAt: number): void {
-    if (expiresAt * 1000 > Date.now()) this.#revoked.set(jti, expiresAt);
+  remember(jti: string, expiresAt: number, source: RevocationSource): void {
+    if (!(expiresAt * 1000 > Date.now()) || this.#revoked.has(jti)) return;
+    this.#revoked.set(jti, expiresAt);
+    this.#options.onLearnt?.(source);
   }
 
   /** For /metrics: how many ids the list holds, and how far behind the database it may be. */
   state(): { size: number; behindSeconds: number } {
-    const behind = !this.#options.shared && this.#syncedAt > 0 ? 0 : (Date.now() - this.#syncedAt) / 1000;
+    const since = this.#syncedAt ?? this.#createdAt;
+    const behind = !this.#options.shared && this.#syncedAt !== undefined ? 0 : (monotonic() - since) / 1000;
     return { size: this.#revoked.size, behindSeconds: Math.round(behind * 10) / 10 };
   }
 
@@ -81,7 +96,7 @@ export class RevocationStore {
       [jti],
     ));
     const row = (result as { rows: { exp: string | number }[] }).rows[0];
-    if (row) this.remember(jti, Number(row.exp));
+    if (row) this.remember(jti, Number(row.exp), 'lookup');
     return row !== undefined;
   }
 
@@ -92,20 +107,30 @@ export class RevocationStore {
   }
 
   #current(): boolean {
-    if (this.#syncedAt === 0) return false;
-    return !this.#options.shared || Date.now() - this.#syncedAt < STALE_MS;
+    if (this.#syncedAt === undefined) return false;
+    return !this.#options.shared || monotonic() - this.#syncedAt < STALE_MS;
   }
 
+  /**
+   * Reads what was revoked recently (or, after a gap or at first, everything in force).
+   * Not through query(): a slow poll must not put the whole process into fail-fast mode;
+   * it only leaves the copy stale, which lookups then notice. A poll that runs too long is
+   * cancelled in the database, and polls never overlap.
+   */
   async #catchUp(): Promise<void> {
-    const started = Date.now();
-    // After a gap longer than the recent window (or at first), read everything in force.
-    const since = started - this.#syncedAt < RECENT_MS - POLL_MS
-      ? `revoked_at > now() - interval '${RECENT_MS / 1000} seconds'`
-      : 'expires_at > now()';
-    const result = await query(() => this.#db.raw(
-      `SELECT jti, extract(epoch FROM expires_at)::bigint AS exp FROM revoked_tokens WHERE ${since}`,
-    ).timeout(STALE_MS - POLL_MS));
-    for (const row of (result as { rows: { jti: string; exp: string | number }[] }).rows) this.remember(row.jti, Number(row.exp));
-    this.#syncedAt = started;
+    if (this.#catchingUp) return;
+    this.#catchingUp = true;
+    try {
+      const started = monotonic();
+      const recent = this.#syncedAt !== undefined && started - this.#syncedAt < RECENT_MS - POLL_MS;
+      const sql = recent
+        ? `SELECT jti, extract(epoch FROM expires_at)::bigint AS exp FROM revoked_tokens WHERE revoked_at > now() - interval '${RECENT_MS / 1000} seconds'`
+        : 'SELECT jti, extract(epoch FROM expires_at)::bigint AS exp FROM revoked_tokens WHERE expires_at > now()';
+      const result = await this.#db.raw(sql).timeout(recent ? STALE_MS - POLL_MS : FULL_LOAD_MS, { cancel: this.#options.shared });
+      for (const row of (result as { rows: { jti: string; exp: string | number }[] }).rows) this.remember(row.jti, Number(row.exp), 'poll');
+      this.#syncedAt = started;
+    } finally {
+      this.#catchingUp = false;
+    }
   }
 }
