@@ -115,7 +115,8 @@ test('a token signed with our key is inactive when any rule is broken', async ()
     ['no jti', header, { ...claims, jti: undefined }],
     ['no client_id', header, { ...claims, client_id: undefined }],
     ['no sub', header, { ...claims, sub: undefined }],
-    ['an empty aud list', header, { ...claims, aud: [] }],
+    // Our audience plus a number: only the verifier's type check can refuse this one.
+    ['a non-string in aud', header, { ...claims, aud: [claims.aud, 42] }],
     ['nbf in the future', header, { ...claims, nbf: now + 60 }],
   ];
   for (const [what, h, c] of broken) {

@@ -32,9 +32,21 @@ export type TokenVerifier = (token: string) => Promise<AccessTokenClaims | undef
 const SEGMENT = /^[A-Za-z0-9_-]+$/;
 const VERIFIED_MAX = 10_000;
 
+/**
+ * The bytes of a base64url segment, only if it is their one canonical encoding: Node's
+ * decoder ignores a stray last character and non-zero padding bits, which would let many
+ * strings stand for one token (RFC 7515 §2, RFC 4648 §3.5).
+ */
+function decode(segment: string): Buffer | undefined {
+  const bytes = Buffer.from(segment, 'base64url');
+  return bytes.toString('base64url') === segment ? bytes : undefined;
+}
+
 function json(segment: string): Record<string, unknown> | undefined {
+  const bytes = decode(segment);
+  if (!bytes) return undefined;
   try {
-    const value: unknown = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
+    const value: unknown = JSON.parse(bytes.toString('utf8'));
     return typeof value === 'object' && value !== null && !Array.isArray(value) ? value as Record<string, unknown> : undefined;
   } catch {
     return undefined;
@@ -67,7 +79,10 @@ function currentlyValid(claims: AccessTokenClaims): boolean {
 }
 
 export function tokenVerifier(issuer: string, keys: KeySet): TokenVerifier {
-  const byKid = new Map<string, KeyObject>(keys.published.map((k) => [k.kid, createPublicKey({ key: k.jwk, format: 'jwk' })]));
+  const byKid = new Map<string, { key: KeyObject; signatureBytes: number }>(keys.published.map((k) => {
+    const key = createPublicKey({ key: k.jwk, format: 'jwk' });
+    return [k.kid, { key, signatureBytes: Math.ceil((key.asymmetricKeyDetails?.modulusLength ?? 0) / 8) }];
+  }));
   const verified = new Map<string, AccessTokenClaims>();
 
   const check = (token: string): AccessTokenClaims | undefined => {
@@ -76,9 +91,10 @@ export function tokenVerifier(issuer: string, keys: KeySet): TokenVerifier {
     const [encodedHeader, encodedClaims, signature] = parts as [string, string, string];
     const header = json(encodedHeader);
     if (!header || !headerOk(header)) return undefined;
-    const key = byKid.get(header.kid as string);
-    if (!key) return undefined;
-    if (!verify('sha256', Buffer.from(`${encodedHeader}.${encodedClaims}`), key, Buffer.from(signature, 'base64url'))) return undefined;
+    const published = byKid.get(header.kid as string);
+    const signatureBytes = decode(signature);
+    if (!published || signatureBytes?.length !== published.signatureBytes) return undefined;
+    if (!verify('sha256', Buffer.from(`${encodedHeader}.${encodedClaims}`), published.key, signatureBytes)) return undefined;
     const claims = json(encodedClaims);
     return claims && claimsOk(claims, issuer) ? Object.freeze(claims) : undefined;
   };
