@@ -79,8 +79,12 @@ async function refused(clientAssertion: string, on = server): Promise<string> {
   const res = await tokenRequest(on, clientAssertion);
   expectInvalidClient(res);
   let reason = '';
+  // Logs are written asynchronously: the line must be this request's, not a late one from
+  // an earlier test (the token endpoint's, for the client this assertion names).
+  const { sub } = JSON.parse(Buffer.from(clientAssertion.split('.')[1] ?? '', 'base64url').toString() || '{}') as { sub?: string };
+  const ours = (l: string) => l.includes('"event":"token.refused"') && (sub === undefined || l.includes(`"client_id":${JSON.stringify(sub)}`));
   await eventually(async () => {
-    const line = on.output().slice(before).split('\n').find((l) => l.includes('"msg":"request refused"'));
+    const line = on.output().slice(before).split('\n').find(ours);
     if (line) reason = String(JSON.parse(line).reason);
     return line !== undefined;
   }, 5000, 'the refusal is logged');
