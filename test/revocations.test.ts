@@ -44,13 +44,17 @@ suite('revocations across instances', () => {
     return ((await res.json()) as { active: boolean }).active;
   }
 
-  /** One series of instance B's /metrics (the first match), as a number. */
-  async function metricAtB(pattern: RegExp): Promise<number> {
+  /** Every series of one metric at instance B (one per worker), as numbers. */
+  async function seriesAtB(name: string, labels = ''): Promise<number[]> {
     const res = await undiciFetch(`https://localhost:${bPort}/metrics`, { dispatcher: b.agent() });
-    return Number(pattern.exec(await res.text())?.[1]);
+    const pattern = new RegExp(`^${name}\\{[^}]*${labels}[^}]*\\} ([\\d.]+)$`, 'gm');
+    return [...(await res.text()).matchAll(pattern)].map((m) => Number(m[1]));
   }
-  const learntAtB = (source: string) => metricAtB(new RegExp(`^m2m_revocations_learnt_total\\{[^}]*source="${source}"[^}]*\\} (\\d+)`, 'm')).then((n) => (Number.isNaN(n) ? 0 : n));
-  const behindAtB = () => metricAtB(/^m2m_revocations_behind_seconds\{[^}]*\} ([\d.]+)/m);
+  const learntAtB = async (source: string) => (await seriesAtB('m2m_revocations_learnt_total', `source="${source}"`)).reduce((sum, n) => sum + n, 0);
+  const behindAtB = async () => {
+    const behind = await seriesAtB('m2m_revocations_behind_seconds');
+    return behind.length ? Math.max(...behind) : NaN;
+  };
 
   async function newToken(): Promise<string> {
     const res = await a.post('/token', { grant_type: 'client_credentials' }, { basic: ['svc', secret] });
@@ -97,8 +101,8 @@ suite('revocations across instances', () => {
     // Within two polls, while B's list is current (so not by falling back to the database).
     await eventually(async () => !(await activeAtB(token)), 2500, 'revocation found by polling at B');
     expect(await behindAtB()).toBeLessThan(2);
-    expect(await learntAtB('poll')).toBe(polled + 1);
-    const atA = await a.post('/token/introspection', { token }, { basic: ['svc', secret] });
-    expect(atA.body).toEqual({ active: false });
+    expect(await learntAtB('poll')).toBeGreaterThan(polled);
+    // A polls on its own timer (each of its workers too): within a poll interval as well.
+    await eventually(async () => (await a.post('/token/introspection', { token }, { basic: ['svc', secret] })).body.active === false, 2500, 'revocation found by polling at A');
   });
 });
