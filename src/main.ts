@@ -187,10 +187,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
         settings.databaseUrl,
         {
           [CLIENT_CHANNEL]: (clientId) => registry.invalidate(clientId || undefined),
-          [REVOCATION_CHANNEL]: (payload) => {
-            const space = payload.indexOf(' ');
-            revocations.remember(payload.slice(space + 1), Number(payload.slice(0, space)), 'notification');
-          },
+          [REVOCATION_CHANNEL]: (payload) => revocations.notified(payload),
         },
         // Whatever changed while nobody listened is unknown: start from a clean client cache
         // (revocations are caught up by polling).

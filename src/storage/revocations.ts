@@ -29,6 +29,14 @@ export interface RevocationOptions {
   onLearnt?: (source: RevocationSource) => void;
 }
 
+/** A revocation's id and expiry (epoch seconds), as every read of the table returns them. */
+const COLUMNS = 'jti, extract(epoch FROM expires_at)::bigint AS exp';
+interface Row {
+  jti: string;
+  /** bigint: a string from pg, a number or bigint from PGlite. */
+  exp: string | number;
+}
+
 /** A monotonic clock in ms: a stepped wall clock must not make a stale copy look current. */
 const monotonic = () => performance.now();
 
@@ -73,6 +81,12 @@ export class RevocationStore {
     await this.#options.announce?.(jti, expiresAt);
   }
 
+  /** A notification from the table's trigger (migration 20261123000002): "<exp> <jti>". */
+  notified(payload: string): void {
+    const space = payload.indexOf(' ');
+    this.remember(payload.slice(space + 1), Number(payload.slice(0, space)), 'notification');
+  }
+
   /** Adds a revocation learnt from elsewhere (another worker, a notification). */
   remember(jti: string, expiresAt: number, source: RevocationSource): void {
     if (!(expiresAt * 1000 > Date.now()) || this.#revoked.has(jti)) return;
@@ -92,10 +106,10 @@ export class RevocationStore {
     if (this.#current()) return false;
     // The copy may be missing a revocation: ask the database (503 if it cannot answer).
     const result = await query(() => this.#db.raw(
-      'SELECT extract(epoch FROM expires_at)::bigint AS exp FROM revoked_tokens WHERE jti = ?',
+      `SELECT ${COLUMNS} FROM revoked_tokens WHERE jti = ?`,
       [jti],
     ));
-    const row = (result as { rows: { exp: string | number }[] }).rows[0];
+    const row = (result as { rows: Row[] }).rows[0];
     if (row) this.remember(jti, Number(row.exp), 'lookup');
     return row !== undefined;
   }
@@ -123,11 +137,10 @@ export class RevocationStore {
     try {
       const started = monotonic();
       const recent = this.#syncedAt !== undefined && started - this.#syncedAt < RECENT_MS - POLL_MS;
-      const sql = recent
-        ? `SELECT jti, extract(epoch FROM expires_at)::bigint AS exp FROM revoked_tokens WHERE revoked_at > now() - interval '${RECENT_MS / 1000} seconds'`
-        : 'SELECT jti, extract(epoch FROM expires_at)::bigint AS exp FROM revoked_tokens WHERE expires_at > now()';
+      const where = recent ? `revoked_at > now() - interval '${RECENT_MS / 1000} seconds'` : 'expires_at > now()';
+      const sql = `SELECT ${COLUMNS} FROM revoked_tokens WHERE ${where}`;
       const result = await this.#db.raw(sql).timeout(recent ? STALE_MS - POLL_MS : FULL_LOAD_MS, { cancel: this.#options.shared });
-      for (const row of (result as { rows: { jti: string; exp: string | number }[] }).rows) this.remember(row.jti, Number(row.exp), 'poll');
+      for (const row of (result as { rows: Row[] }).rows) this.remember(row.jti, Number(row.exp), 'poll');
       this.#syncedAt = started;
     } finally {
       this.#catchingUp = false;
