@@ -15,8 +15,9 @@ export function createLogger(level: string): Logger {
     level,
     base: { pid: process.pid },
     redact: { paths: REDACT, censor: '[redacted]' },
-  // Written asynchronously, in batches of 4 KB or every 100 ms: a slow reader of stdout must
-  // not stall token issuance, and one write per token cost a wake-up of the reader each
-  // time. pino flushes what is buffered when the process exits.
-  }, pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: 100 }));
+  // Written asynchronously, in batches of 2-4 KB or every 100 ms: a slow reader of stdout
+  // must not stall token issuance, and one write per token cost a wake-up of the reader each
+  // time. A write holds whole lines and never exceeds PIPE_BUF (4096), so workers sharing a
+  // pipe cannot interleave within a line. pino flushes what is buffered when the process exits.
+  }, pino.destination({ dest: 1, sync: false, minLength: 2048, maxWrite: 4096, periodicFlush: 100 }));
 }
