@@ -17,6 +17,10 @@ const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const MEMORY_TOKENS = Number(process.env.BENCH_MEMORY_TOKENS ?? 100_000);
+// The Basic / bare engine ratio again, from short runs in alternating order (ABBA): the
+// machine's speed drifts within seconds here, and a pair 4 s apart shares more of it.
+const PAIRS = Number(process.env.BENCH_PAIRS ?? 8);
+const PAIR_SECONDS = 4;
 const RESULTS = join(ROOT, 'test', 'bench', 'results');
 const hasTaskset = spawnSync('taskset', ['-V']).status === 0;
 
@@ -44,8 +48,8 @@ function log(message: string): void {
   process.stderr.write(`${message}\n`);
 }
 
-async function load(name: string, options: autocannon.Options): Promise<Measure> {
-  const result = await autocannon({ connections: CONNECTIONS, duration: SECONDS, ...options });
+async function load(name: string, options: autocannon.Options, seconds = SECONDS): Promise<Measure> {
+  const result = await autocannon({ connections: CONNECTIONS, duration: seconds, ...options });
   const measure = {
     name,
     requests_per_second: Math.round(result.requests.average),
@@ -213,6 +217,19 @@ async function main(): Promise<void> {
     const introspection = combine('ours, introspection', rounds.introspection);
     const perRound = (a: Measure[], b: Measure[], pick: (m: Measure) => number) => median(a.map((m, i) => pick(m) / pick(b[i]!)));
 
+    log(`Basic and the bare engine in ${PAIRS} alternating pairs of ${PAIR_SECONDS} s`);
+    const pairRatios: number[] = [];
+    for (let pair = 0; pair < PAIRS; pair += 1) {
+      const measured: Partial<Record<'base' | 'basic', Measure>> = {};
+      for (const name of (pair % 2 ? ['basic', 'base'] : ['base', 'basic']) as ('base' | 'basic')[]) {
+        const [url, auth] = name === 'base'
+          ? [baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret')]
+          : [oursUrl, basicHeader('bench-basic', secrets.basic!)];
+        measured[name] = await load(name === 'base' ? '  bare engine, Basic' : '  ours, Basic', basicRun(url, auth), PAIR_SECONDS);
+      }
+      pairRatios.push(measured.basic!.requests_per_second / measured.base!.requests_per_second);
+    }
+
     log('other endpoints');
     const mtlsReconnect = await load('ours, tls_client_auth (new connection every 20 requests)', {
       url: oursUrl, method: 'POST', headers: FORM, body: `${GRANT}&client_id=bench-mtls`, reconnectRate: 20, tlsOptions: { ca, cert: mtls.cert, key: mtls.key },
@@ -247,12 +264,14 @@ async function main(): Promise<void> {
     Object.assign(results, {
       date: new Date().toISOString(),
       machine: { cpu: cpus()[0]?.model, cores: cpus().length, memory_gb: Math.round(totalmem() / 2 ** 30), node: process.version, pinned: hasTaskset },
-      settings: { connections: CONNECTIONS, seconds_per_run: SECONDS, rounds: ROUNDS },
+      settings: { connections: CONNECTIONS, seconds_per_run: SECONDS, rounds: ROUNDS, pairs: PAIRS, seconds_per_pair_run: PAIR_SECONDS },
       ceiling,
       runs: { base, basic, jwt, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds },
+      basic_vs_baseline_pairs: pairRatios.map(round2),
       // Throughput ratios: the median of the ratios within each round.
       ratios: {
         basic_vs_baseline: round2(perRound(rounds.basic, rounds.base, (m) => m.requests_per_second)),
+        basic_vs_baseline_paired: round2(median(pairRatios)),
         basic_vs_rsa_ceiling: ratio(basic.requests_per_second, ceiling.signatures_per_second),
         p99_vs_baseline: round2(perRound(rounds.basic, rounds.base, (m) => m.p99_ms)),
         private_key_jwt_vs_basic: round2(perRound(rounds.jwt, rounds.basic, (m) => m.requests_per_second)),
@@ -274,7 +293,7 @@ async function main(): Promise<void> {
 interface Report {
   date: string;
   machine: { cpu: string; cores: number; memory_gb: number; node: string; pinned: boolean };
-  settings: { connections: number; seconds_per_run: number; rounds: number };
+  settings: { connections: number; seconds_per_run: number; rounds: number; pairs: number; seconds_per_pair_run: number };
   ceiling: { signatures_per_second: number; jwts_per_second: number };
   runs: Record<'base' | 'basic' | 'jwt' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure> & { rounds: unknown };
   ratios: Record<string, number>;
@@ -294,7 +313,7 @@ function writeReports(report: Report): void {
     `| RSA-2048 ceiling (signatures/s on one core; complete JWTs/s: ${ceiling.jwts_per_second}) | ${ceiling.signatures_per_second} | | | |`,
     ...rows.map((r) => `| ${r.name} | ${r.requests_per_second} | ${r.p50_ms} | ${r.p99_ms} | ${r.non_2xx + r.errors} |`),
     '',
-    `Ratios (within each round, median): Basic / bare engine **${ratios.basic_vs_baseline}**, p99 / bare engine ${ratios.p99_vs_baseline}, `
+    `Ratios (within each round, median): Basic / bare engine **${ratios.basic_vs_baseline}** (from ${settings.pairs} alternating pairs of ${settings.seconds_per_pair_run} s runs: **${ratios.basic_vs_baseline_paired}**), p99 / bare engine ${ratios.p99_vs_baseline}, `
       + `private_key_jwt / Basic ${ratios.private_key_jwt_vs_basic}, mTLS / Basic ${ratios.mtls_vs_basic}. `
       + `Basic / RSA ceiling **${ratios.basic_vs_rsa_ceiling}**, /jwks / RSA ceiling ${ratios.jwks_vs_rsa_ceiling}, introspection / RSA ceiling ${ratios.introspection_vs_rsa_ceiling}, `
       + `WORKERS=2 / one pinned worker ${ratios.two_workers_vs_one}.`,
