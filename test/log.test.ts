@@ -35,7 +35,7 @@ test('two processes logging to one pipe never split each other\'s lines', async 
   expect(new Set(parsed.map((entry) => entry.pid)).size).toBe(2);
 }, 30_000);
 
-test('a line written on a quiet server is out within a fraction of a second', async () => {
+test('a line written on a quiet server goes out long before its process exits', async () => {
   const started = Date.now();
   let seenAfter = -1;
   const { lines } = await run("log.info({ event: 'token.issued' }, 'one'); setTimeout(() => process.exit(0), 4000);", 1, () => {

@@ -152,9 +152,13 @@ async function main(): Promise<void> {
     const basicRun = (url: string, auth: string) => ({
       url, method: 'POST' as const, headers: { ...FORM, authorization: auth }, body: GRANT, tlsOptions: tls,
     });
+    const oursAuth = basicHeader('bench-basic', secrets.basic!);
+    const baselineAuth = basicHeader('bench', 'bench-secret-bench-secret-bench-secret');
+    const oursBasic = basicRun(oursUrl, oursAuth);
+    const baselineBasic = basicRun(baselineUrl, baselineAuth);
     // Warm both up (JIT, connection set-up, caches) before anything counts.
-    await autocannon({ ...basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, duration: 5 });
-    await autocannon({ ...basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret')), connections: CONNECTIONS, duration: 5 });
+    await autocannon({ ...oursBasic, connections: CONNECTIONS, duration: 5 });
+    await autocannon({ ...baselineBasic, connections: CONNECTIONS, duration: 5 });
 
     // Introspection asks about many distinct tokens, as resource APIs do, not one over and over.
     const tokens: string[] = [];
@@ -165,8 +169,8 @@ async function main(): Promise<void> {
 
     const rounds: Record<'base' | 'basic' | 'jwt' | 'mtls' | 'jwks' | 'introspection', Measure[]> = { base: [], basic: [], jwt: [], mtls: [], jwks: [], introspection: [] };
     const runs: Record<keyof typeof rounds, () => Promise<Measure>> = {
-      base: () => load('bare engine, Basic', basicRun(baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret'))),
-      basic: () => load('ours, Basic', basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!))),
+      base: () => load('bare engine, Basic', baselineBasic),
+      basic: () => load('ours, Basic', oursBasic),
       jwt: () => {
         // Fresh each round: an assertion may live 300 s at most.
         const pool = assertions(Math.ceil(SECONDS * 1500), 'bench-jwt', ours!.issuer, jwtKey);
@@ -219,15 +223,19 @@ async function main(): Promise<void> {
 
     log(`Basic and the bare engine in ${PAIRS} alternating pairs of ${PAIR_SECONDS} s`);
     const pairRatios: number[] = [];
+    const measureBase = async () => (await load('  bare engine, Basic', baselineBasic, PAIR_SECONDS)).requests_per_second;
+    const measureOurs = async () => (await load('  ours, Basic', oursBasic, PAIR_SECONDS)).requests_per_second;
     for (let pair = 0; pair < PAIRS; pair += 1) {
-      const measured: Partial<Record<'base' | 'basic', Measure>> = {};
-      for (const name of (pair % 2 ? ['basic', 'base'] : ['base', 'basic']) as ('base' | 'basic')[]) {
-        const [url, auth] = name === 'base'
-          ? [baselineUrl, basicHeader('bench', 'bench-secret-bench-secret-bench-secret')]
-          : [oursUrl, basicHeader('bench-basic', secrets.basic!)];
-        measured[name] = await load(name === 'base' ? '  bare engine, Basic' : '  ours, Basic', basicRun(url, auth), PAIR_SECONDS);
+      let baseRps: number;
+      let oursRps: number;
+      if (pair % 2) {
+        oursRps = await measureOurs();
+        baseRps = await measureBase();
+      } else {
+        baseRps = await measureBase();
+        oursRps = await measureOurs();
       }
-      pairRatios.push(measured.basic!.requests_per_second / measured.base!.requests_per_second);
+      pairRatios.push(oursRps / baseRps);
     }
 
     log('other endpoints');
@@ -239,11 +247,11 @@ async function main(): Promise<void> {
     const pid = ours.process.pid!;
     const idleRss = rssMb(pid);
     const warm = Math.min(20_000, MEMORY_TOKENS / 5);
-    await autocannon({ ...basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, amount: warm });
+    await autocannon({ ...oursBasic, connections: CONNECTIONS, amount: warm });
     const rssAfterWarm = rssMb(pid);
     let peakRss = rssAfterWarm;
     const sampler = setInterval(() => { peakRss = Math.max(peakRss, rssMb(pid)); }, 500);
-    await autocannon({ ...basicRun(oursUrl, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, amount: MEMORY_TOKENS - warm });
+    await autocannon({ ...oursBasic, connections: CONNECTIONS, amount: MEMORY_TOKENS - warm });
     clearInterval(sampler);
     const rssAfterAll = rssMb(pid);
     log(`  RSS idle ${idleRss} MB, after ${warm} tokens ${rssAfterWarm} MB, after ${MEMORY_TOKENS} ${rssAfterAll} MB, peak ${peakRss} MB`);
@@ -255,8 +263,9 @@ async function main(): Promise<void> {
     // Children inherit this process's pinning to core 1: give the workers every core back.
     const allCores = hasTaskset ? ['taskset', '-c', `0-${cpus().length - 1}`] : [];
     const two = await startServer(workspace, { WORKERS: '2' }, { discardOutput: true, prefix: allCores });
-    await autocannon({ ...basicRun(`${two.issuer}/token`, basicHeader('bench-basic', secrets.basic!)), connections: CONNECTIONS, duration: 2 });
-    const twoWorkers = await load('ours, Basic, WORKERS=2', basicRun(`${two.issuer}/token`, basicHeader('bench-basic', secrets.basic!)));
+    const twoBasic = basicRun(`${two.issuer}/token`, oursAuth);
+    await autocannon({ ...twoBasic, connections: CONNECTIONS, duration: 2 });
+    const twoWorkers = await load('ours, Basic, WORKERS=2', twoBasic);
     await two.stop();
 
     const round2 = (x: number) => Math.round(x * 100) / 100;
@@ -268,7 +277,7 @@ async function main(): Promise<void> {
       ceiling,
       runs: { base, basic, jwt, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds },
       basic_vs_baseline_pairs: pairRatios.map(round2),
-      // Throughput ratios: the median of the ratios within each round.
+      // Throughput ratios: the median of the ratios within each round (or each pair).
       ratios: {
         basic_vs_baseline: round2(perRound(rounds.basic, rounds.base, (m) => m.requests_per_second)),
         basic_vs_baseline_paired: round2(median(pairRatios)),
