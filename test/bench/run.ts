@@ -2,8 +2,8 @@
 // measured in turns in one run. The servers are pinned to core 0 and the load generator
 // (this process) to core 1 where taskset exists. Writes test/bench/results/latest.{json,md,svg}.
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createPrivateKey, randomUUID, sign } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { createPrivateKey, generateKeyPairSync, randomUUID, sign } from 'node:crypto';
+import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 
@@ -84,6 +84,34 @@ function rssMb(pid: number): number {
   return Math.round(Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024);
 }
 
+/**
+ * The server's live JavaScript heap, in MB: it writes a heap snapshot on SIGUSR2 (after a
+ * full garbage collection), and the snapshot's objects are summed. RSS alone cannot tell
+ * growth from V8 sizing its heap up under load.
+ */
+async function liveHeapMb(pid: number, dir: string): Promise<number> {
+  const isSnapshot = (name: string) => name.endsWith('.heapsnapshot');
+  const before = new Set(readdirSync(dir).filter(isSnapshot));
+  process.kill(pid, 'SIGUSR2');
+  for (let waited = 0; waited < 120_000; waited += 500) {
+    await new Promise((done) => setTimeout(done, 500));
+    const name = readdirSync(dir).find((n) => isSnapshot(n) && !before.has(n));
+    if (!name) continue;
+    const file = join(dir, name);
+    const size = statSync(file).size;
+    await new Promise((done) => setTimeout(done, 1000));
+    if (statSync(file).size !== size) continue;
+    const snapshot = JSON.parse(readFileSync(file, 'utf8')) as { snapshot: { meta: { node_fields: string[] } }; nodes: number[] };
+    rmSync(file);
+    const fields = snapshot.snapshot.meta.node_fields;
+    const selfSize = fields.indexOf('self_size');
+    let bytes = 0;
+    for (let i = selfSize; i < snapshot.nodes.length; i += fields.length) bytes += snapshot.nodes[i]!;
+    return Math.round(bytes / 2 ** 20 * 10) / 10;
+  }
+  throw new Error('the server wrote no heap snapshot within 120 s');
+}
+
 async function startBaseline(keysDir: string): Promise<{ port: number; child: ChildProcess }> {
   const port = await freePort();
   const [command, ...args] = [...SERVER_CORE, process.execPath, join(ROOT, 'test', 'bench', 'baseline.ts'), String(port), keysDir, API];
@@ -99,10 +127,10 @@ function basicHeader(id: string, secret: string): string {
 const FORM = { 'content-type': 'application/x-www-form-urlencoded' };
 const GRANT = 'grant_type=client_credentials';
 
-/** Pre-signed, unique ES256 client assertions (signing them is the client's cost, not ours). */
-function assertions(count: number, clientId: string, audience: string, keyPem: string): string[] {
+/** Pre-signed, unique client assertions (signing them is the client's cost, not ours). */
+function assertions(count: number, clientId: string, audience: string, keyPem: string, alg: 'ES256' | 'RS256'): string[] {
   const key = createPrivateKey(keyPem);
-  const header = Buffer.from(JSON.stringify({ alg: 'ES256', typ: 'JWT' })).toString('base64url');
+  const header = Buffer.from(JSON.stringify({ alg, typ: 'JWT' })).toString('base64url');
   const now = Math.floor(Date.now() / 1000);
   return Array.from({ length: count }, () => {
     const claims = { iss: clientId, sub: clientId, aud: audience, jti: randomUUID(), iat: now, exp: now + 290 };
@@ -111,7 +139,7 @@ function assertions(count: number, clientId: string, audience: string, keyPem: s
   });
 }
 
-async function setup(): Promise<{ workspace: Workspace; secrets: Record<string, string>; jwtKey: string; mtls: { cert: string; key: string } }> {
+async function setup(): Promise<{ workspace: Workspace; secrets: Record<string, string>; jwtKeys: Record<'ES256' | 'RS256', string>; mtls: { cert: string; key: string } }> {
   const workspace = await createWorkspace({ LOG_LEVEL: 'info', AUTH_FAILURE_LIMIT: '100000', AUTH_FAILURE_ADDRESS_LIMIT: '1000000' });
   await ensureDevTls(workspace.keysDir);
   const secrets: Record<string, string> = {};
@@ -120,6 +148,12 @@ async function setup(): Promise<{ workspace: Workspace; secrets: Record<string, 
   secrets.rs = (await addClient(workspace, 'bench-rs', ['--auth', 'client_secret_basic', '--audience', 'https://unused.bench.test', '--introspect', API])).client_secret!;
   const keyFile = join(workspace.dir, 'bench-jwt.key');
   await addClient(workspace, 'bench-jwt', ['--auth', 'private_key_jwt', '--generate-key', keyFile, '--audience', API, '--scope', 'read write']);
+  // The same method with RSA assertions, which many clients send (and which cost the server
+  // a fraction of a P-256 verification).
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const rsaJwks = join(workspace.dir, 'bench-jwt-rs.jwks');
+  writeFileSync(rsaJwks, JSON.stringify({ keys: [{ ...rsa.publicKey.export({ format: 'jwk' }), alg: 'RS256', use: 'sig' }] }));
+  await addClient(workspace, 'bench-jwt-rs', ['--auth', 'private_key_jwt', '--jwks', rsaJwks, '--audience', API, '--scope', 'read write']);
   const certDir = join(workspace.dir, 'certs');
   const issued = await workspace.cli('client', ['cert', 'bench-mtls', '--out', certDir, '--json']);
   if (issued.code !== 0) throw new Error(issued.stderr);
@@ -127,14 +161,14 @@ async function setup(): Promise<{ workspace: Workspace; secrets: Record<string, 
   return {
     workspace,
     secrets,
-    jwtKey: readFileSync(keyFile, 'utf8'),
+    jwtKeys: { ES256: readFileSync(keyFile, 'utf8'), RS256: rsa.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string },
     mtls: { cert: readFileSync(join(certDir, 'bench-mtls.crt'), 'utf8'), key: readFileSync(join(certDir, 'bench-mtls.key'), 'utf8') },
   };
 }
 
 async function main(): Promise<void> {
   log(`m2m-oauth-server benchmark: ${CONNECTIONS} connections, ${SECONDS} s per run, ${ROUNDS} rounds in turns${hasTaskset ? ', servers on core 0, load on core 1' : ', unpinned (no taskset)'}`);
-  const { workspace, secrets, jwtKey, mtls } = await setup();
+  const { workspace, secrets, jwtKeys, mtls } = await setup();
   const ca = readFileSync(join(workspace.keysDir, 'dev-ca.crt'));
   const results: Record<string, unknown> = {};
 
@@ -144,7 +178,7 @@ async function main(): Promise<void> {
   log(`  ${ceiling.signatures_per_second} signatures/s, ${ceiling.jwts_per_second} complete JWTs/s`);
 
   const baseline = await startBaseline(workspace.keysDir);
-  let ours: RunningServer | undefined = await startServer(workspace, {}, { prefix: SERVER_CORE, discardOutput: true });
+  let ours: RunningServer | undefined = await startServer(workspace, { NODE_OPTIONS: '--heapsnapshot-signal=SIGUSR2' }, { prefix: SERVER_CORE, discardOutput: true });
   const tls = { ca };
   try {
     const oursUrl = `${ours.issuer}/token`;
@@ -167,25 +201,28 @@ async function main(): Promise<void> {
     }
     let nextToken = 0;
 
-    const rounds: Record<'base' | 'basic' | 'jwt' | 'mtls' | 'jwks' | 'introspection', Measure[]> = { base: [], basic: [], jwt: [], mtls: [], jwks: [], introspection: [] };
+    const jwtRun = (name: string, clientId: string, alg: 'ES256' | 'RS256') => () => {
+      // Fresh each round: an assertion may live 300 s at most. More than a run can use, so
+      // none is sent twice (a replay would be refused, and cheaper).
+      const pool = assertions(Math.ceil(SECONDS * 3000), clientId, ours!.issuer, jwtKeys[alg], alg);
+      let next = 0;
+      return load(name, {
+        url: oursUrl, tlsOptions: tls,
+        requests: [{
+          method: 'POST', headers: FORM,
+          setupRequest: (request) => ({
+            ...request,
+            body: `${GRANT}&client_assertion_type=${encodeURIComponent('urn:ietf:params:oauth:client-assertion-type:jwt-bearer')}&client_assertion=${pool[next++]}`,
+          }),
+        }],
+      });
+    };
+    const rounds: Record<'base' | 'basic' | 'jwt' | 'jwtRs' | 'mtls' | 'jwks' | 'introspection', Measure[]> = { base: [], basic: [], jwt: [], jwtRs: [], mtls: [], jwks: [], introspection: [] };
     const runs: Record<keyof typeof rounds, () => Promise<Measure>> = {
       base: () => load('bare engine, Basic', baselineBasic),
       basic: () => load('ours, Basic', oursBasic),
-      jwt: () => {
-        // Fresh each round: an assertion may live 300 s at most.
-        const pool = assertions(Math.ceil(SECONDS * 1500), 'bench-jwt', ours!.issuer, jwtKey);
-        let next = 0;
-        return load('ours, private_key_jwt', {
-          url: oursUrl, tlsOptions: tls,
-          requests: [{
-            method: 'POST', headers: FORM,
-            setupRequest: (request) => ({
-              ...request,
-              body: `${GRANT}&client_assertion_type=${encodeURIComponent('urn:ietf:params:oauth:client-assertion-type:jwt-bearer')}&client_assertion=${pool[next++ % pool.length]}`,
-            }),
-          }],
-        });
-      },
+      jwt: jwtRun('ours, private_key_jwt (ES256)', 'bench-jwt', 'ES256'),
+      jwtRs: jwtRun('ours, private_key_jwt (RS256)', 'bench-jwt-rs', 'RS256'),
       mtls: () => load('ours, tls_client_auth (keep-alive)', {
         url: oursUrl, method: 'POST', headers: FORM, body: `${GRANT}&client_id=bench-mtls`, tlsOptions: { ca, cert: mtls.cert, key: mtls.key },
       }),
@@ -198,7 +235,7 @@ async function main(): Promise<void> {
         }],
       }),
     };
-    const order: (keyof typeof rounds)[] = ['base', 'basic', 'jwt', 'mtls', 'jwks', 'introspection'];
+    const order: (keyof typeof rounds)[] = ['base', 'basic', 'jwt', 'jwtRs', 'mtls', 'jwks', 'introspection'];
     for (let round = 1; round <= ROUNDS; round += 1) {
       log(`round ${round}`);
       // Each round starts with a different run, so none gains from the order; ratios are
@@ -210,7 +247,8 @@ async function main(): Promise<void> {
     }
     const base = combine('bare engine, Basic', rounds.base);
     const basic = combine('ours, Basic', rounds.basic);
-    const jwt = combine('ours, private_key_jwt', rounds.jwt);
+    const jwt = combine('ours, private_key_jwt (ES256)', rounds.jwt);
+    const jwtRs = combine('ours, private_key_jwt (RS256)', rounds.jwtRs);
     const mtlsRun = combine('ours, tls_client_auth (keep-alive)', rounds.mtls);
     // Every token introspected was active to the end (an inactive answer is cheaper).
     for (const token of [tokens[0]!, tokens[tokens.length - 1]!]) {
@@ -255,6 +293,12 @@ async function main(): Promise<void> {
     clearInterval(sampler);
     const rssAfterAll = rssMb(pid);
     log(`  RSS idle ${idleRss} MB, after ${warm} tokens ${rssAfterWarm} MB, after ${MEMORY_TOKENS} ${rssAfterAll} MB, peak ${peakRss} MB`);
+    // Then the live heap, before and after as many tokens again (a snapshot's own buffers
+    // raise RSS, so this comes after the RSS readings).
+    const heapBefore = await liveHeapMb(pid, workspace.dir);
+    await autocannon({ ...oursBasic, connections: CONNECTIONS, amount: MEMORY_TOKENS });
+    const heapAfter = await liveHeapMb(pid, workspace.dir);
+    log(`  live heap ${heapBefore} MB, and ${heapAfter} MB after ${MEMORY_TOKENS} more tokens`);
     await ours.stop();
     ours = undefined;
     baseline.child.kill();
@@ -275,7 +319,7 @@ async function main(): Promise<void> {
       machine: { cpu: cpus()[0]?.model, cores: cpus().length, memory_gb: Math.round(totalmem() / 2 ** 30), node: process.version, pinned: hasTaskset },
       settings: { connections: CONNECTIONS, seconds_per_run: SECONDS, rounds: ROUNDS, pairs: PAIRS, seconds_per_pair_run: PAIR_SECONDS },
       ceiling,
-      runs: { base, basic, jwt, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds },
+      runs: { base, basic, jwt, jwt_rs256: jwtRs, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds },
       basic_vs_baseline_pairs: pairRatios.map(round2),
       // Throughput ratios: the median of the ratios within each round (or each pair).
       ratios: {
@@ -284,12 +328,13 @@ async function main(): Promise<void> {
         basic_vs_rsa_ceiling: ratio(basic.requests_per_second, ceiling.signatures_per_second),
         p99_vs_baseline: round2(perRound(rounds.basic, rounds.base, (m) => m.p99_ms)),
         private_key_jwt_vs_basic: round2(perRound(rounds.jwt, rounds.basic, (m) => m.requests_per_second)),
+        private_key_jwt_rs256_vs_basic: round2(perRound(rounds.jwtRs, rounds.basic, (m) => m.requests_per_second)),
         mtls_vs_basic: round2(perRound(rounds.mtls, rounds.basic, (m) => m.requests_per_second)),
         jwks_vs_rsa_ceiling: ratio(jwks.requests_per_second, ceiling.signatures_per_second),
         introspection_vs_rsa_ceiling: ratio(introspection.requests_per_second, ceiling.signatures_per_second),
         two_workers_vs_one: ratio(twoWorkers.requests_per_second, basic.requests_per_second),
       },
-      memory_mb: { idle: idleRss, after_warmup: rssAfterWarm, after_all: rssAfterAll, peak: peakRss, tokens: MEMORY_TOKENS, warmup_tokens: warm },
+      memory_mb: { idle: idleRss, after_warmup: rssAfterWarm, after_all: rssAfterAll, peak: peakRss, tokens: MEMORY_TOKENS, warmup_tokens: warm, live_heap_before: heapBefore, live_heap_after: heapAfter },
     });
   } finally {
     baseline.child.kill();
@@ -304,18 +349,18 @@ interface Report {
   machine: { cpu: string; cores: number; memory_gb: number; node: string; pinned: boolean };
   settings: { connections: number; seconds_per_run: number; rounds: number; pairs: number; seconds_per_pair_run: number };
   ceiling: { signatures_per_second: number; jwts_per_second: number };
-  runs: Record<'base' | 'basic' | 'jwt' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure> & { rounds: unknown };
+  runs: Record<'base' | 'basic' | 'jwt' | 'jwt_rs256' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure> & { rounds: unknown };
   ratios: Record<string, number>;
   memory_mb: Record<string, number>;
 }
 
 function writeReports(report: Report): void {
   const { runs, ratios, memory_mb: memory, ceiling, machine, settings } = report;
-  const rows = [runs.base, runs.basic, runs.jwt, runs.mtls, runs.mtls_reconnect, runs.jwks, runs.introspection, runs.two_workers];
+  const rows = [runs.base, runs.basic, runs.jwt, runs.jwt_rs256, runs.mtls, runs.mtls_reconnect, runs.jwks, runs.introspection, runs.two_workers];
   const md = [
     `Measured ${report.date.slice(0, 10)} on ${machine.cores} × ${machine.cpu}, ${machine.memory_gb} GiB, Node ${machine.node}; `
       + `${machine.pinned ? 'server on core 0, load generator on core 1' : 'unpinned'}; ${settings.connections} connections, `
-      + `${settings.seconds_per_run} s per run after a 5 s warm-up; the bare engine, Basic, private_key_jwt, mTLS, /jwks and introspection (256 distinct tokens) run in turn in ${settings.rounds} rounds (medians shown); PostgreSQL on the same machine.`,
+      + `${settings.seconds_per_run} s per run after a 5 s warm-up; the bare engine, Basic, private_key_jwt (ES256 and RS256 assertions), mTLS, /jwks and introspection (256 distinct tokens) run in turn in ${settings.rounds} rounds (medians shown); PostgreSQL on the same machine.`,
     '',
     '| run | requests/s | p50 ms | p99 ms | non-2xx |',
     '|---|---:|---:|---:|---:|',
@@ -323,10 +368,11 @@ function writeReports(report: Report): void {
     ...rows.map((r) => `| ${r.name} | ${r.requests_per_second} | ${r.p50_ms} | ${r.p99_ms} | ${r.non_2xx + r.errors} |`),
     '',
     `Ratios (within each round, median): Basic / bare engine **${ratios.basic_vs_baseline}** (from ${settings.pairs} alternating pairs of ${settings.seconds_per_pair_run} s runs: **${ratios.basic_vs_baseline_paired}**), p99 / bare engine ${ratios.p99_vs_baseline}, `
-      + `private_key_jwt / Basic ${ratios.private_key_jwt_vs_basic}, mTLS / Basic ${ratios.mtls_vs_basic}. `
+      + `private_key_jwt / Basic ${ratios.private_key_jwt_vs_basic} with ES256 assertions and ${ratios.private_key_jwt_rs256_vs_basic} with RS256, mTLS / Basic ${ratios.mtls_vs_basic}. `
       + `Basic / RSA ceiling **${ratios.basic_vs_rsa_ceiling}**, /jwks / RSA ceiling ${ratios.jwks_vs_rsa_ceiling}, introspection / RSA ceiling ${ratios.introspection_vs_rsa_ceiling}, `
       + `WORKERS=2 / one pinned worker ${ratios.two_workers_vs_one}.`,
-    `Memory (RSS): idle ${memory.idle} MB, after ${memory.warmup_tokens} tokens ${memory.after_warmup} MB, after ${memory.tokens} tokens ${memory.after_all} MB (peak ${memory.peak} MB).`,
+    `Memory (RSS): idle ${memory.idle} MB, after ${memory.warmup_tokens} tokens ${memory.after_warmup} MB, after ${memory.tokens} tokens ${memory.after_all} MB (peak ${memory.peak} MB). `
+      + `Live JavaScript heap (after a full collection): ${memory.live_heap_before} MB, then ${memory.live_heap_after} MB after ${memory.tokens} more tokens.`,
     '',
   ].join('\n');
   writeFileSync(join(RESULTS, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
