@@ -16,7 +16,7 @@ import { buildApp, type Lifecycle } from './http/app.ts';
 import { createServer, readTlsMaterial, type Handler, type TlsMaterial } from './http/server.ts';
 import { ensureDevTls } from './keys/dev-tls.ts';
 import { forgetExpired, generateKey, readKeys, type KeySet } from './keys/signing-keys.ts';
-import { createLogger, type Logger } from './log.ts';
+import { createLogger, onDroppedLine, type Logger } from './log.ts';
 import { createMetrics, serveClusterMetrics } from './metrics.ts';
 import { createBruteForce } from './oauth/brute-force.ts';
 import { certificateHooks, parseCertificateBundle } from './oauth/client-certificates.ts';
@@ -117,6 +117,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     const keys = await signingKeys(settings, logger);
     const tls = await tlsMaterial(settings);
     const metrics = createMetrics();
+    onDroppedLine(logger, () => metrics.logLinesDropped.inc());
     const registry = new ClientRegistry(database.db, {
       cacheSeconds: settings.clientCacheSeconds,
       outageGraceSeconds: settings.dbOutageGraceSeconds,
@@ -270,7 +271,7 @@ function supervise(settings: Settings, logger: Logger): void {
 
 async function main(): Promise<void> {
   const settings = loadSettings();
-  const logger = createLogger(settings.logLevel);
+  const logger = createLogger(settings.logLevel, settings.logBufferKb * 1024);
   if (cluster.isWorker) {
     await serve(settings, openDatabase({ ...settings, poolMax: 10, logger }), logger);
     return;

@@ -64,6 +64,8 @@ export interface Settings {
   workers: number;
   /** LOG_LEVEL: pino level of the JSON logs on stdout. */
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  /** LOG_BUFFER_KB: most log output a process holds while stdout is not read; a token whose line does not fit is withheld. */
+  logBufferKb: number;
   /** NODE_ENV=production refuses every development default. */
   production: boolean;
 }
@@ -186,6 +188,7 @@ export function loadSettings(env: Env = process.env): Settings {
     dbOutageGraceSeconds: integer(env, 'DB_OUTAGE_GRACE_SECONDS', 300, 0, 86400),
     workers,
     logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const),
+    logBufferKb: integer(env, 'LOG_BUFFER_KB', 16384, 64, 262144),
     production,
   };
 

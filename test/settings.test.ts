@@ -36,6 +36,7 @@ test.each([
   ['DATABASE_URL', { DATABASE_URL: 'mysql://db/x' }],
   ['MIGRATE_ON_START', { MIGRATE_ON_START: 'maybe' }],
   ['LOG_LEVEL', { LOG_LEVEL: 'loud' }],
+  ['LOG_BUFFER_KB', { LOG_BUFFER_KB: '8' }],
 ])('bad %s: one line naming it, exit 2, nothing created', async (name, env) => {
   const result = await start(env);
   expect(result.code).toBe(2);

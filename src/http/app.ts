@@ -115,6 +115,8 @@ function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
       audit(ctx, logger, metrics, address, startedAt, signingKid, ENDPOINTS[ctx.path] ? ctx.path : 'other');
     } catch (err) {
       logger.error({ err }, 'writing the audit line failed');
+      // A token whose line may not have been written does not leave.
+      if (ctx.path === '/token' && ctx.status < 400) jsonError(ctx, 500, 'server_error', 'internal error');
     }
   }
 

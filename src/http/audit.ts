@@ -1,9 +1,10 @@
 // One audit line per token issued and per refusal, and the matching metrics. The line
 // names the client, the method, the audience, scope, jti and kid, or the internal reason
-// of a refusal; never a secret, an assertion, a certificate or a token.
+// of a refusal; never a secret, an assertion, a certificate or a token. No token leaves
+// without its line: one whose line the log could not keep is withheld.
 import type { Context } from 'koa';
 
-import type { Logger } from '../log.ts';
+import { lineKept, type Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 
 /** What the engine knew when it refused a request (set from its error events). */
@@ -84,20 +85,26 @@ const ENDPOINT_EVENTS: Record<string, string> = {
 export function audit(ctx: Context, logger: Logger, metrics: Metrics, address: string, startedAt: bigint, kid: string | undefined, endpointLabel: string): void {
   const latencyMs = Number(process.hrtime.bigint() - startedAt) / 1e6;
   const endpoint = ENDPOINT_EVENTS[ctx.path];
-  metrics.observeRequest(endpointLabel, ctx.status, latencyMs / 1000);
-  if (!endpoint) return;
-  const body = ctx.body as { error?: string } | undefined;
   const issued = (ctx.state as { [ISSUED]?: Issued })[ISSUED];
-  if (ctx.status === 200 && issued) {
+  if (endpoint && ctx.status === 200 && issued) {
     const method = methodOf(ctx) ?? 'unknown';
-    metrics.tokensIssued.inc({ client_id: issued.clientId, method });
-    logger.info({
+    const kept = lineKept(logger, () => logger.info({
       event: 'token.issued', client_id: issued.clientId, method, aud: issued.resourceServer?.audience, scope: issued.scope,
       jti: issued.jti, kid, bound: issued['x5t#S256'] !== undefined, address, latency_ms: Math.round(latencyMs * 10) / 10,
-    }, 'token issued');
-    return;
+    }, 'token issued'));
+    if (kept) {
+      metrics.tokensIssued.inc({ client_id: issued.clientId, method });
+    } else {
+      // stdout has not been read for as long as the log buffer lasts, or is gone: the token stays here.
+      recordRefusal(ctx, 'the audit line could not be kept (stdout is not read); token withheld');
+      ctx.status = 503;
+      ctx.body = { error: 'temporarily_unavailable', error_description: 'the service is temporarily unavailable, retry later' };
+      ctx.set('retry-after', '5');
+    }
   }
-  if (ctx.status < 400) return;
+  metrics.observeRequest(endpointLabel, ctx.status, latencyMs / 1000);
+  if (!endpoint || ctx.status < 400) return;
+  const body = ctx.body as { error?: string } | undefined;
   const refusal = (ctx.state as { [REFUSAL]?: Refusal })[REFUSAL];
   const error = body?.error ?? String(ctx.status);
   const reason = refusal?.reason ?? error;
