@@ -346,3 +346,25 @@ test('a kid that starts with "-" is taken as a kid, not as an option', async () 
     await workspace.remove();
   }
 });
+
+test('of two keys that appear within one second, the one that appeared first signs, whatever their kids', async () => {
+  const workspace = await createWorkspace({ ...SCHEDULE, JWKS_MAX_AGE: '120' });
+  try {
+    // The second key's kid sorts first, so an order by the whole second and then kid would
+    // let it sign at once, before any resource API could have fetched it.
+    let [first, second] = [await keyFile(), await keyFile()];
+    if (second.kid.localeCompare(first.kid) > 0) [first, second] = [second, first];
+    // Both files early in one second, 50 ms apart (file times here have a
+    // resolution of a few milliseconds).
+    await sleep(1010 - (Date.now() % 1000));
+    writeFileSync(join(workspace.keysDir, first.name), first.pem, { mode: 0o600 });
+    await sleep(50);
+    writeFileSync(join(workspace.keysDir, second.name), second.pem, { mode: 0o600 });
+    const keys = await listKeys(workspace);
+    expect(new Set(keys.map((k) => k.published_at)).size).toBe(1);
+    expect(keys.find((k) => k.kid === first.kid)?.state).toBe('signing');
+    expect(keys.find((k) => k.kid === second.kid)?.state).toBe('pending');
+  } finally {
+    await workspace.remove();
+  }
+});

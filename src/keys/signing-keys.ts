@@ -81,6 +81,8 @@ export function stateOf(key: SigningKey, set: KeySet, at = now()): KeyState {
 export async function readKeys(dir: string, times: ScheduleTimes, at = now()): Promise<KeySet> {
   const delay = times.jwksMaxAge + times.reloadSeconds;
   const all: SigningKey[] = [];
+  // To the fraction of a second: keys that appear within one second keep their order.
+  const appeared = new Map<SigningKey, number>();
   let names: string[] = [];
   try {
     names = readdirSync(dir);
@@ -103,9 +105,11 @@ export async function readKeys(dir: string, times: ScheduleTimes, at = now()): P
       }
       const { kid, jwk } = await publicJwk(privateKey);
       if (kid !== active[1]) throw new Error(`file name does not match the key's thumbprint ${kid}`);
-      const appeared = appearedAt(file);
+      const at = appearedAt(file);
       // Rounded up: a key never signs a fraction of a second before its full delay has passed.
-      all.push({ kid, jwk, privateKey, publishedAt: Math.floor(appeared), signsFrom: Math.ceil(appeared) + delay });
+      const key = { kid, jwk, privateKey, publishedAt: Math.floor(at), signsFrom: Math.ceil(at) + delay };
+      appeared.set(key, at);
+      all.push(key);
       return;
     }
     const retired = RETIRED_FILE.exec(name);
@@ -127,7 +131,8 @@ export async function readKeys(dir: string, times: ScheduleTimes, at = now()): P
     const stale = all.findIndex((k) => k.kid === key.kid && k.retiredAt === undefined);
     if (stale !== -1) all.splice(stale, 1);
   }
-  all.sort((a, b) => a.publishedAt - b.publishedAt || a.kid.localeCompare(b.kid));
+  const since = (key: SigningKey) => appeared.get(key) ?? key.publishedAt;
+  all.sort((a, b) => since(a) - since(b) || a.kid.localeCompare(b.kid));
   const active = all.filter((k) => k.privateKey);
   const ready = active.filter((k) => k.signsFrom <= at);
   // The newest ready key signs; with none ready yet (a first key), the oldest active one.
