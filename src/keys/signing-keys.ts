@@ -105,10 +105,10 @@ export async function readKeys(dir: string, times: ScheduleTimes, at = now()): P
       }
       const { kid, jwk } = await publicJwk(privateKey);
       if (kid !== active[1]) throw new Error(`file name does not match the key's thumbprint ${kid}`);
-      const at = appearedAt(file);
+      const since = appearedAt(file);
       // Rounded up: a key never signs a fraction of a second before its full delay has passed.
-      const key = { kid, jwk, privateKey, publishedAt: Math.floor(at), signsFrom: Math.ceil(at) + delay };
-      appeared.set(key, at);
+      const key = { kid, jwk, privateKey, publishedAt: Math.floor(since), signsFrom: Math.ceil(since) + delay };
+      appeared.set(key, since);
       all.push(key);
       return;
     }
@@ -131,8 +131,8 @@ export async function readKeys(dir: string, times: ScheduleTimes, at = now()): P
     const stale = all.findIndex((k) => k.kid === key.kid && k.retiredAt === undefined);
     if (stale !== -1) all.splice(stale, 1);
   }
-  const since = (key: SigningKey) => appeared.get(key) ?? key.publishedAt;
-  all.sort((a, b) => since(a) - since(b) || a.kid.localeCompare(b.kid));
+  const appearedOf = (key: SigningKey) => appeared.get(key) ?? key.publishedAt;
+  all.sort((a, b) => appearedOf(a) - appearedOf(b) || a.kid.localeCompare(b.kid));
   const active = all.filter((k) => k.privateKey);
   const ready = active.filter((k) => k.signsFrom <= at);
   // The newest ready key signs; with none ready yet (a first key), the oldest active one.
