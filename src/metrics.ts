@@ -74,7 +74,7 @@ export function createMetrics(): Metrics {
     watchRevocations(state) {
       revocationState = state;
     },
-    logLinesDropped: new Counter({ name: 'm2m_log_lines_dropped_total', help: 'Log lines dropped because stdout was not read for as long as LOG_BUFFER_KB lasts (a token whose line is dropped is withheld)', registers: [registry] }),
+    logLinesDropped: new Counter({ name: 'm2m_log_lines_dropped_total', help: 'Log lines dropped because stdout was not read for as long as LOG_BUFFER_KB lasts, or was closed (a token whose line is dropped is withheld)', registers: [registry] }),
     clientCache: new Counter({ name: 'm2m_client_cache_lookups_total', help: 'Client lookups by cache result (hit, miss, stale during an outage)', labelNames: ['result'], registers: [registry] }),
   };
 }
