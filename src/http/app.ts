@@ -98,7 +98,6 @@ function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
       logger.error({ err, path: ctx.path }, 'unhandled error');
       jsonError(ctx, 500, 'server_error', 'internal error');
     }
-    if (ctx.status === 503) ctx.set('retry-after', '5');
     // Every failed client authentication looks alike, whichever method was tried: the
     // engine adds this header only when the request carried an Authorization header.
     if (ctx.status === 401 && !ctx.response.get('www-authenticate')) {
@@ -118,6 +117,8 @@ function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
       // A token whose line may not have been written does not leave.
       if (ctx.path === '/token' && ctx.status < 400) jsonError(ctx, 500, 'server_error', 'internal error');
     }
+    // After the audit step, which can turn a token answer into a 503 of its own.
+    if (ctx.status === 503) ctx.set('retry-after', '5');
   }
 
   async function guarded(ctx: Parameters<Middleware>[0], next: () => Promise<unknown>): Promise<void> {

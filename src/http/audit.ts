@@ -99,7 +99,6 @@ export function audit(ctx: Context, logger: Logger, metrics: Metrics, address: s
       recordRefusal(ctx, 'the audit line could not be kept (stdout is not read); token withheld');
       ctx.status = 503;
       ctx.body = { error: 'temporarily_unavailable', error_description: 'the service is temporarily unavailable, retry later' };
-      ctx.set('retry-after', '5');
     }
   }
   metrics.observeRequest(endpointLabel, ctx.status, latencyMs / 1000);
