@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import autocannon from 'autocannon';
 
 import { ensureDevTls } from '../../src/keys/dev-tls.ts';
-import { addClient, createWorkspace, freePort, ROOT, startServer, type RunningServer, type Workspace } from '../helpers/server.ts';
+import { addClient, createWorkspace, freePort, ROOT, sleep, startServer, type RunningServer, type Workspace } from '../helpers/server.ts';
 
 const API = 'https://api.bench.test';
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
@@ -94,12 +94,12 @@ async function liveHeapMb(pid: number, dir: string): Promise<number> {
   const before = new Set(readdirSync(dir).filter(isSnapshot));
   process.kill(pid, 'SIGUSR2');
   for (let waited = 0; waited < 120_000; waited += 500) {
-    await new Promise((done) => setTimeout(done, 500));
+    await sleep(500);
     const name = readdirSync(dir).find((n) => isSnapshot(n) && !before.has(n));
     if (!name) continue;
     const file = join(dir, name);
     const size = statSync(file).size;
-    await new Promise((done) => setTimeout(done, 1000));
+    await sleep(1000);
     if (statSync(file).size !== size) continue;
     const snapshot = JSON.parse(readFileSync(file, 'utf8')) as { snapshot: { meta: { node_fields: string[] } }; nodes: number[] };
     rmSync(file);
