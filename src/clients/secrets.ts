@@ -1,7 +1,7 @@
 // Client secrets: generated here only, stored only as a tagged SHA-256 digest, compared in
 // constant time. A fast hash is enough: the secrets are 256-bit random, so a slow hash
 // adds no protection and would cost throughput on every token request.
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { hash, randomBytes, timingSafeEqual } from 'node:crypto';
 
 /** Lets secret scanners recognise a leaked secret. */
 export const SECRET_PREFIX = 'm2ms_';
@@ -17,7 +17,7 @@ export function generateSecret(): string {
 }
 
 export function digestSecret(secret: string): string {
-  return `sha256:${createHash('sha256').update(secret, 'utf8').digest('base64url')}`;
+  return `sha256:${hash('sha256', secret, 'base64url')}`;
 }
 
 /** True when `candidate` is one of the unexpired stored secrets. Every entry is compared. */

@@ -10,7 +10,7 @@
 // whose signature checked out is remembered (by its SHA-256, never the token itself, up to
 // VERIFIED_MAX per key set): the signature is not checked again, the claims that depend on
 // the time are.
-import { createHash, createPublicKey, verify, type KeyObject } from 'node:crypto';
+import { createPublicKey, hash, verify, type KeyObject } from 'node:crypto';
 
 import type { JWTPayload } from 'jose';
 
@@ -100,7 +100,7 @@ export function tokenVerifier(issuer: string, keys: KeySet): TokenVerifier {
   };
 
   return async (token) => {
-    const digest = createHash('sha256').update(token).digest('base64url');
+    const digest = hash('sha256', token, 'base64url');
     let claims = verified.get(digest);
     if (!claims) {
       claims = check(token);

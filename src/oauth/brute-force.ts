@@ -3,7 +3,7 @@
 // window ends. A client that authenticates from another address is never locked out by
 // an attacker's failures. Counts live in PostgreSQL (shared by workers and instances);
 // the embedded database has one process, so memory serves there.
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 import type { Knex } from 'knex';
 import { RateLimiterMemory, RateLimiterPostgres, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
@@ -41,7 +41,7 @@ export function createBruteForce(limits: BruteForceLimits, db: Knex | undefined)
   const perClient = make(limits.perClient, 'client');
   const perAddress = make(limits.perAddress, 'address');
   // A client id as sent can be anything: hashed, it fits the key column and needs no escaping.
-  const clientKey = (address: string, clientId: string) => `${address} ${createHash('sha256').update(clientId).digest('base64url')}`;
+  const clientKey = (address: string, clientId: string) => `${address} ${hash('sha256', clientId, 'base64url')}`;
 
   // A key found under its limit is not asked about again for CLEAN_MS in this process:
   // correct clients then cost no query at all. This process's own failures clear the note

@@ -5,7 +5,7 @@
 // Claims that arrive in the same turn of the event loop go to the database as one
 // statement: under load that is one round trip and one commit for several requests,
 // instead of one each (the database's work was most of private_key_jwt's extra cost).
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 import type { Database } from './database.ts';
 import { query } from './errors.ts';
@@ -26,7 +26,7 @@ export class ReplayStore {
 
   /** True the first time `key` is claimed before `expiresAt` (epoch seconds), false after. */
   claim(key: string, expiresAt: number): Promise<boolean> {
-    const id = createHash('sha256').update(key).digest('base64url');
+    const id = hash('sha256', key, 'base64url');
     return new Promise((resolve, reject) => {
       if (this.#waiting.length === 0) setImmediate(() => void this.#insert());
       this.#waiting.push({ id, exp: expiresAt, settle: (won) => (won instanceof Error ? reject(won) : resolve(won)) });
