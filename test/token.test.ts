@@ -110,3 +110,20 @@ test('the token header kid is published and the token is signed RS256', async ()
   const header = decodeJwtPart(res.body.access_token, 0);
   expect(header).toMatchObject({ alg: 'RS256', typ: 'at+jwt' });
 });
+
+test('tokens asked for at the same moment are signed together, each with its own signature', async () => {
+  // Warm connections, so that the requests below reach the server within one turn of its
+  // event loop and are signed as one batch; distinct scopes make every token's bytes differ.
+  const scopes = ['orders:read', 'orders:write', 'orders:read orders:write'];
+  const ask = (i: number) => server.post('/token', { grant_type: 'client_credentials', scope: scopes[i % scopes.length]! }, { basic: ['svc-orders', secret] });
+  await Promise.all(Array.from({ length: 24 }, (_, i) => ask(i)));
+  const answers = await Promise.all(Array.from({ length: 24 }, (_, i) => ask(i)));
+  const jtis = new Set<unknown>();
+  for (const [i, answer] of answers.entries()) {
+    expect(answer.status).toBe(200);
+    const { payload } = await resourceApiVerify(answer.body.access_token);
+    expect(payload.scope).toBe(scopes[i % scopes.length]);
+    jtis.add(payload.jti);
+  }
+  expect(jtis.size).toBe(24);
+});
