@@ -3,12 +3,13 @@
 // hands every signature to the thread pool and back; on a busy core that hop costs more
 // than the signature saves. oidc-provider's ExternalSigningKey is the supported way in.
 //
-// Signatures are made in batches, once per turn of the event loop: every token asked for
-// in one turn is signed, then all their answers leave together. Answered one by one, each
-// answer woke its reader on its own (on loopback, an interrupt to the reader's core for
-// nearly every token); together, one wake-up serves the batch. A batch holds BATCH_MAX
-// tokens at most, so the wait it adds to the first of them stays under 4 ms (16 RSA-2048
-// signatures here).
+// Signatures are made in batches, once per turn of the event loop: the tokens asked for in
+// one turn are signed (up to BATCH_MAX of them), then all their answers leave together.
+// Answered one by one, each answer woke its reader on its own (on loopback, an interrupt
+// to the reader's core for nearly every token); together, one wake-up serves the batch.
+// The first token of a batch waits for the rest of its turn and up to BATCH_MAX - 1 more
+// signatures (about 3.5 ms here, at 0.22 ms per RSA-2048 signature); tokens past BATCH_MAX
+// wait for the next turn. The queue holds only requests already in flight.
 import { createPublicKey, sign, type KeyObject } from 'node:crypto';
 
 import { ExternalSigningKey } from 'oidc-provider';
@@ -61,16 +62,16 @@ export class RsaSigningKey extends ExternalSigningKey {
     if (this.#pending.length > 0) setImmediate(() => this.#signBatch());
     const results = batch.map(({ data }) => {
       try {
-        return sign('sha256', data, this.#privateKey);
-      } catch (err) {
-        return err instanceof Error ? err : new Error(String(err));
+        return { signature: sign('sha256', data, this.#privateKey) };
+      } catch (error) {
+        return { error };
       }
     });
     // Settled after every signature is made: the answers then go out back to back.
     batch.forEach(({ resolve, reject }, i) => {
-      const result = results[i]!;
-      if (result instanceof Error) reject(result);
-      else resolve(result);
+      const { signature, error } = results[i]!;
+      if (signature) resolve(signature);
+      else reject(error);
     });
   }
 }
