@@ -112,8 +112,9 @@ test('the token header kid is published and the token is signed RS256', async ()
 });
 
 test('tokens asked for at the same moment are signed together, each with its own signature', async () => {
-  // Warm connections, so that the requests below reach the server within one turn of its
-  // event loop and are signed as one batch; distinct scopes make every token's bytes differ.
+  // Warm connections first, so that the requests below reach the server close together and
+  // are signed in batches (signing-key.test.ts checks the batches themselves); distinct
+  // scopes make every token's bytes differ.
   const scopes = ['orders:read', 'orders:write', 'orders:read orders:write'];
   const ask = (i: number) => server.post('/token', { grant_type: 'client_credentials', scope: scopes[i % scopes.length]! }, { basic: ['svc-orders', secret] });
   await Promise.all(Array.from({ length: 24 }, (_, i) => ask(i)));
