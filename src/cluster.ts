@@ -101,6 +101,12 @@ export async function askOtherWorkers(except: Worker, type: string, body: unknow
   await Promise.allSettled(others.map((w) => request(w as unknown as Port, type, body, timeoutMs)));
 }
 
+/** Primary: asks every worker; one settled result per worker, in no particular order. */
+export async function askWorkers<T>(type: string, body: unknown, timeoutMs: number): Promise<PromiseSettledResult<T>[]> {
+  const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && w.isConnected());
+  return Promise.allSettled(workers.map((w) => request<T>(w as unknown as Port, type, body, timeoutMs)));
+}
+
 /** Worker: the channel to the primary. */
 export function primary(): Port {
   return process as unknown as Port;

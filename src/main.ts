@@ -1,23 +1,26 @@
 // `npm start`: settings -> storage -> keys -> engine -> HTTP, in that order. The primary
 // process prepares (migrations, development material); it serves itself when WORKERS=1,
-// and otherwise forks the workers, replaces any that dies, and gathers their metrics.
+// and otherwise forks the workers, replaces any that dies, and runs the management
+// listener (metrics and readiness gathered from every worker).
 import cluster from 'node:cluster';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
 import type { Server as HttpsServer } from 'node:https';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
 import { insertClient } from './clients/register.ts';
-import { answerPrimary, answerWorkers, askOtherWorkers, primary, request } from './cluster.ts';
+import { answerPrimary, answerWorkers, askOtherWorkers, askWorkers, primary, request } from './cluster.ts';
 import { ClientRegistry } from './clients/registry.ts';
 import { digestSecret, generateSecret } from './clients/secrets.ts';
 import { buildApp, type Lifecycle } from './http/app.ts';
+import { closeManagement, createManagementServer, listenManagement, readiness, type ManagementProbes, type Readiness } from './http/management.ts';
 import { createServer, readTlsMaterial, type Handler, type TlsMaterial } from './http/server.ts';
 import { ensureDevTls } from './keys/dev-tls.ts';
 import { forgetExpired, generateKey, readKeys, type KeySet } from './keys/signing-keys.ts';
 import { createLogger, onDroppedLine, type Logger } from './log.ts';
-import { createMetrics, serveClusterMetrics } from './metrics.ts';
+import { clusterMetricsSource, createMetrics } from './metrics.ts';
 import { createBruteForce } from './oauth/brute-force.ts';
 import { certificateHooks, parseCertificateBundle } from './oauth/client-certificates.ts';
 import { loadSettings, SettingError, type Settings } from './settings.ts';
@@ -109,6 +112,17 @@ interface Revoked {
   jti: string;
   exp: number;
 }
+/** The primary asks every worker whether it is ready. */
+const READY = 'm2m:ready';
+
+/** MANAGEMENT_PORT=0: none. Started before the public listener, so it is up once that one is. */
+async function startManagement(settings: Settings, logger: Logger, probes: ManagementProbes): Promise<Server | undefined> {
+  if (settings.managementPort === 0) return undefined;
+  const server = createManagementServer(probes, (err) => logger.warn({ err: (err as Error)?.message }, 'management request failed'));
+  await listenManagement(server, settings.managementPort, settings.managementHost);
+  logger.info({ port: settings.managementPort, host: settings.managementHost }, 'management listening');
+  return server;
+}
 
 /** One server process: everything from the client registry to the listener. */
 async function serve(settings: Settings, database: OpenDatabase, logger: Logger): Promise<void> {
@@ -117,6 +131,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     const keys = await signingKeys(settings, logger);
     const tls = await tlsMaterial(settings);
     const metrics = createMetrics();
+    const pool = (database.db.client as { pool?: { numUsed(): number; numFree(): number; numPendingAcquires(): number } }).pool;
     onDroppedLine(logger, () => metrics.logLinesDropped.inc());
     const registry = new ClientRegistry(database.db, {
       cacheSeconds: settings.clientCacheSeconds,
@@ -132,6 +147,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     });
     if (cluster.isWorker) answerPrimary(REVOKED, (body) => revocations.remember((body as Revoked).jti, (body as Revoked).exp, 'worker'));
     metrics.watchRevocations(() => revocations.state());
+    metrics.watchPool(() => ({ used: pool?.numUsed() ?? 0, free: pool?.numFree() ?? 0, pending: pool?.numPendingAcquires() ?? 0 }));
     await revocations.start();
     closers.push(async () => revocations.stop());
     const caFile = clientCaFile(settings);
@@ -142,7 +158,6 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       perAddress: settings.authFailureAddressLimit,
       windowSeconds: settings.authFailureWindow,
     }, database.embedded ? undefined : database.db);
-    const pool = (database.db.client as { pool?: { numUsed(): number; numFree(): number; numPendingAcquires(): number } }).pool;
     const lifecycle: Lifecycle = { draining: false, inFlight: 0 };
     const deps = {
       settings, registry, replay, revocations, logger, certificates, bruteForce, metrics, lifecycle,
@@ -150,10 +165,22 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
         await database.db.raw('select 1').timeout(2000);
         databaseAnswered();
       },
-      poolStats: () => ({ used: pool?.numUsed() ?? 0, free: pool?.numFree() ?? 0, pending: pool?.numPendingAcquires() ?? 0 }),
     };
 
     let current = keys;
+    metrics.watchKeys(() => {
+      const now = Date.now() / 1000;
+      return current.published.map((key) => ({
+        kid: key.kid, state: key === current.signer ? 'signing' : key.retiredAt ? 'retired' : 'published', ageSeconds: now - key.publishedAt,
+      }));
+    });
+    const ready = () => readiness(deps.pingDatabase, current.signer?.kid);
+    if (cluster.isWorker) {
+      answerPrimary(READY, async () => ({ worker: cluster.worker?.id, ...await ready() }));
+    } else {
+      const management = await startManagement(settings, logger, { metrics: () => metrics.registry.metrics(), readiness: ready });
+      if (management) closers.push(() => closeManagement(management));
+    }
     let handler: Handler = buildApp(deps, current).callback();
     const server = createServer(settings, (req, res) => handler(req, res), tls);
     // Workers share TLS ticket keys, so a session resumes whichever worker takes the connection.
@@ -200,7 +227,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
 
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(settings.port, () => resolve());
+      server.listen(settings.port, settings.host, () => resolve());
     });
     const { port } = server.address() as AddressInfo;
     logger.info({ issuer: settings.issuer, port, tls_mode: settings.tlsMode, signer: current.signer?.kid, database: database.embedded ? 'embedded' : 'postgres' }, 'listening');
@@ -242,9 +269,18 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
   }
 }
 
+/** The primary's readiness: every worker that answers is ready, and at least one does. */
+async function clusterReadiness(): Promise<Readiness> {
+  // A worker that is still starting does not answer yet, and gets no connections either.
+  const answers = (await askWorkers<Readiness & { worker: number }>(READY, null, 3000))
+    .flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+  const ready = answers.length > 0 && answers.every((answer) => answer.ready);
+  return { ready, body: { status: ready ? 'ready' : 'unready', workers: answers.map(({ worker, body }) => ({ worker, ...body })) } };
+}
+
 /** WORKERS > 1: fork, replace the dead, stop them all on SIGTERM. */
-function supervise(settings: Settings, logger: Logger): void {
-  serveClusterMetrics();
+async function supervise(settings: Settings, logger: Logger): Promise<void> {
+  const management = await startManagement(settings, logger, { metrics: clusterMetricsSource(), readiness: clusterReadiness });
   answerWorkers(REVOKED, (body, from) => askOtherWorkers(from, REVOKED, body, 500));
   const env = { [TICKET_KEYS_ENV]: randomBytes(48).toString('base64') };
   let stopping = false;
@@ -261,6 +297,7 @@ function supervise(settings: Settings, logger: Logger): void {
     if (stopping) return;
     stopping = true;
     logger.info({ signal, workers: settings.workers }, 'stopping workers');
+    if (management) void closeManagement(management);
     const force = setTimeout(() => process.exit(1), 10_000);
     force.unref();
     for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill(signal);
@@ -288,7 +325,7 @@ async function main(): Promise<void> {
     return;
   }
   await database.close();
-  supervise(settings, logger);
+  await supervise(settings, logger);
 }
 
 main().catch((err: unknown) => {

@@ -1,10 +1,8 @@
-// Prometheus metrics. Each worker counts its own (labelled `worker`); with several workers
-// the primary process gathers them all for whichever worker answers GET /metrics.
+// Prometheus metrics, served on the management listener. Each worker counts its own
+// (labelled `worker`); with several workers the primary process gathers them all.
 import cluster from 'node:cluster';
 
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-
-import { answerWorkers, primary, request } from './cluster.ts';
 
 export interface Metrics {
   registry: Registry;
@@ -18,6 +16,10 @@ export interface Metrics {
   revocationsLearnt: Counter<'source'>;
   /** The revocation list the gauges read at each collection (in every worker). */
   watchRevocations(state: () => { size: number; behindSeconds: number }): void;
+  /** The published signing keys, read at each collection. */
+  watchKeys(keys: () => { kid: string; state: string; ageSeconds: number }[]): void;
+  /** The database pool, read at each collection. */
+  watchPool(stats: () => { used: number; free: number; pending: number }): void;
   /** Records a request's latency (the labelled series are looked up once, not per request). */
   observeRequest(endpoint: string, status: number, seconds: number): void;
 }
@@ -43,6 +45,8 @@ export function createMetrics(): Metrics {
   });
   const series = new Map<string, { observe(value: number): void }>();
   let revocationState: (() => { size: number; behindSeconds: number }) | undefined;
+  let keyState: (() => { kid: string; state: string; ageSeconds: number }[]) | undefined;
+  let poolState: (() => { used: number; free: number; pending: number }) | undefined;
   new Gauge({
     name: 'm2m_revoked_tokens', help: 'Unexpired revoked tokens in this process\'s revocation list', registers: [registry],
     collect() {
@@ -70,27 +74,42 @@ export function createMetrics(): Metrics {
     },
     tokensIssued: new Counter({ name: 'm2m_tokens_issued_total', help: 'Access tokens issued', labelNames: ['client_id', 'method'], registers: [registry] }),
     refusals: new Counter({ name: 'm2m_refusals_total', help: 'Requests refused, by endpoint, error code and internal reason', labelNames: ['endpoint', 'error', 'reason'], registers: [registry] }),
-    keyAge: new Gauge({ name: 'm2m_signing_key_age_seconds', help: 'Age of each published signing key', labelNames: ['kid', 'state'], registers: [registry], aggregator: 'max' }),
-    poolConnections: new Gauge({ name: 'm2m_db_pool_connections', help: 'Database pool connections by state', labelNames: ['state'], registers: [registry] }),
+    // Read at collection, so that every worker's values are current when the primary gathers them.
+    keyAge: new Gauge({
+      name: 'm2m_signing_key_age_seconds', help: 'Age of each published signing key', labelNames: ['kid', 'state'], registers: [registry], aggregator: 'max',
+      collect() {
+        if (!keyState) return;
+        this.reset();
+        for (const key of keyState()) this.set({ kid: key.kid, state: key.state }, key.ageSeconds);
+      },
+    }),
+    poolConnections: new Gauge({
+      name: 'm2m_db_pool_connections', help: 'Database pool connections by state', labelNames: ['state'], registers: [registry],
+      collect() {
+        if (!poolState) return;
+        const pool = poolState();
+        this.set({ state: 'used' }, pool.used);
+        this.set({ state: 'free' }, pool.free);
+        this.set({ state: 'pending' }, pool.pending);
+      },
+    }),
     revocationsLearnt: new Counter({ name: 'm2m_revocations_learnt_total', help: 'Revocations added to this process\'s list, by how it learnt of them (self, worker, notification, poll, lookup)', labelNames: ['source'], registers: [registry] }),
     watchRevocations(state) {
       revocationState = state;
+    },
+    watchKeys(keys) {
+      keyState = keys;
+    },
+    watchPool(stats) {
+      poolState = stats;
     },
     logLinesDropped: new Counter({ name: 'm2m_log_lines_dropped_total', help: 'Log lines dropped because stdout was not read for as long as LOG_BUFFER_KB lasts, or was closed (a token whose line is dropped is withheld)', registers: [registry] }),
     clientCache: new Counter({ name: 'm2m_client_cache_lookups_total', help: 'Client lookups by cache result (hit, miss, stale during an outage)', labelNames: ['result'], registers: [registry] }),
   };
 }
 
-const REQUEST = 'm2m:metrics';
-
-/** Primary process: answers workers' requests for everyone's metrics. */
-export function serveClusterMetrics(): void {
+/** Primary process (WORKERS > 1): every worker's metrics, for the management listener. */
+export function clusterMetricsSource(): () => Promise<string> {
   const aggregator = new AggregatorRegistry();
-  answerWorkers(REQUEST, () => aggregator.clusterMetrics());
-}
-
-/** The text for GET /metrics: this process's, or, in a worker, every worker's. */
-export async function metricsText(metrics: Metrics): Promise<string> {
-  if (!cluster.isWorker) return metrics.registry.metrics();
-  return request<string>(primary(), REQUEST, null, 5000);
+  return () => aggregator.clusterMetrics();
 }

@@ -13,6 +13,12 @@ type Env = Record<string, string | undefined>;
 export interface Settings {
   /** PORT: listening port. */
   port: number;
+  /** HOST: listening address (`::`: every address, IPv4 included). */
+  host: string;
+  /** MANAGEMENT_PORT: plain-HTTP management listener (/metrics, /healthz, /readyz); 0 turns it off. */
+  managementPort: number;
+  /** MANAGEMENT_HOST: the management listener's address; defaults to HOST. */
+  managementHost: string;
   /** ISSUER: `iss` of every token and the base of every endpoint URL. */
   issuer: string;
   /** DATABASE_URL: postgres://… for a server; unset means embedded PGlite in DATA_DIR. */
@@ -109,6 +115,16 @@ function bool(env: Env, name: string, fallback: boolean): boolean {
   return fail(name, raw, 'true or false');
 }
 
+function address(env: Env, name: string, fallback: string): string {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  // An IP address, or a host name Node resolves when it listens.
+  if (!ipaddr.isValid(raw) && !/^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/i.test(raw)) {
+    fail(name, raw, 'an IP address or a host name');
+  }
+  return raw;
+}
+
 function cidr(name: string, raw: string, entry: string): string {
   const valid = entry.includes('/') ? ipaddr.isValidCIDR(entry) : ipaddr.isValid(entry);
   if (!valid) fail(name, raw, 'comma-separated IP addresses or CIDR ranges');
@@ -118,6 +134,11 @@ function cidr(name: string, raw: string, entry: string): string {
 export function loadSettings(env: Env = process.env): Settings {
   const production = env.NODE_ENV === 'production';
   const port = integer(env, 'PORT', 8443, 0, 65535);
+  const host = address(env, 'HOST', '::');
+  const managementPort = integer(env, 'MANAGEMENT_PORT', 9000, 0, 65535);
+  if (managementPort !== 0 && managementPort === port) {
+    fail('MANAGEMENT_PORT', String(managementPort), `a port other than PORT (${port}), or 0 to turn the management listener off`);
+  }
   const tlsMode = oneOf(env, 'TLS_MODE', 'direct', ['direct', 'proxy'] as const);
 
   const issuer = env.ISSUER || `https://localhost:${port}`;
@@ -162,6 +183,9 @@ export function loadSettings(env: Env = process.env): Settings {
 
   const settings: Settings = {
     port,
+    host,
+    managementPort,
+    managementHost: address(env, 'MANAGEMENT_HOST', host),
     issuer,
     databaseUrl,
     dataDir: resolve(env.DATA_DIR || 'data'),

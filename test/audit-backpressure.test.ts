@@ -43,7 +43,7 @@ test('with stdout unread, a full log buffer withholds tokens (503), and every to
   const lines = await server.logLines((line) => line.event === 'token.issued', issued.length);
   const logged = new Set(lines.map((line) => line.jti));
   expect(issued.filter((jti) => !logged.has(jti))).toEqual([]);
-  const metrics = await (await server.fetch('/metrics')).text();
+  const metrics = await (await server.management('/metrics')).text();
   // Summed over the workers (each has its own series).
   const dropped = [...metrics.matchAll(/^m2m_log_lines_dropped_total(?:\{[^}]*\})? (\d+)/gm)].reduce((sum, match) => sum + Number(match[1]), 0);
   expect(dropped).toBeGreaterThan(0);

@@ -103,7 +103,7 @@ test('the server is still up and serving tokens, and logged no unhandled error',
   expect(server.process.exitCode).toBeNull();
   expect(server.output()).not.toMatch(/"level":50/);
   // Random paths do not become metric labels: the label set stays bounded.
-  const metrics = await (await server.fetch('/metrics')).text();
+  const metrics = await (await server.management('/metrics')).text();
   const labels = new Set([...metrics.matchAll(/m2m_request_duration_seconds_count\{[^}]*endpoint="([^"]*)"/g)].map((m) => m[1]));
   expect(labels.size).toBeGreaterThan(3);
   for (const label of labels) expect([...ENDPOINTS, 'other']).toContain(label);

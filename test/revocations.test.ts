@@ -46,7 +46,7 @@ suite('revocations across instances', () => {
 
   /** Every series of one metric at instance B (one per worker), as numbers. */
   async function seriesAtB(name: string, labels = ''): Promise<number[]> {
-    const res = await undiciFetch(`https://localhost:${bPort}/metrics`, { dispatcher: b.agent() });
+    const res = await b.management('/metrics');
     const pattern = new RegExp(`^${name}\\{[^}]*${labels}[^}]*\\} ([\\d.]+)$`, 'gm');
     return [...(await res.text()).matchAll(pattern)].map((m) => Number(m[1]));
   }
@@ -79,7 +79,7 @@ suite('revocations across instances', () => {
     }
     expect(await learntAtB('notification') - heard).toBeGreaterThanOrEqual(2);
     // The list and its lag are visible to operators.
-    const metrics = await (await a.fetch('/metrics')).text();
+    const metrics = await (await a.management('/metrics')).text();
     expect(Number(/^m2m_revoked_tokens\{[^}]*\} (\d+)/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(1);
     expect(Number(/^m2m_revocations_behind_seconds\{[^}]*\} ([\d.]+)/m.exec(metrics)?.[1])).toBeLessThan(3);
   });

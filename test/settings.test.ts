@@ -37,6 +37,10 @@ test.each([
   ['MIGRATE_ON_START', { MIGRATE_ON_START: 'maybe' }],
   ['LOG_LEVEL', { LOG_LEVEL: 'loud' }],
   ['LOG_BUFFER_KB', { LOG_BUFFER_KB: '8' }],
+  ['HOST', { HOST: 'not an address' }],
+  ['MANAGEMENT_PORT', { MANAGEMENT_PORT: '-1' }],
+  ['MANAGEMENT_PORT', { PORT: '9100', MANAGEMENT_PORT: '9100' }],
+  ['MANAGEMENT_HOST', { MANAGEMENT_HOST: '10.0.0.1/8' }],
 ])('bad %s: one line naming it, exit 2, nothing created', async (name, env) => {
   const result = await start(env);
   expect(result.code).toBe(2);

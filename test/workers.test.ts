@@ -1,5 +1,6 @@
 // WORKERS=2 on PostgreSQL: replay detection, revocation and brute-force limits hold across
-// workers, /metrics shows both workers' counts, and a worker that dies is replaced.
+// workers, the management listener's /metrics shows both workers' counts (and /readyz asks
+// both), and a worker that dies is replaced.
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -91,8 +92,9 @@ suite('two workers', () => {
     expect(after).toEqual(Array(4).fill(429));
   });
 
-  test('/metrics shows both workers\' counts', async () => {
-    const text = await (await server.fetch('/metrics')).text();
+  test('the management listener\'s /metrics shows both workers\' counts; the public one has none', async () => {
+    expect((await server.fetch('/metrics')).status).toBe(404);
+    const text = await (await server.management('/metrics')).text();
     const issued = [...text.matchAll(/^m2m_tokens_issued_total\{([^}]*)\} (\d+)/gm)];
     const workers = new Set(issued.map(([, labels]) => /worker="(\d+)"/.exec(labels!)![1]));
     expect(workers.size).toBe(2);
@@ -101,6 +103,18 @@ suite('two workers', () => {
     expect(total).toBe(logged);
     expect(text).toMatch(/^m2m_refusals_total\{.*reason="client assertion tokens must only be used once".*\} \d+/m);
     expect(text).toMatch(/^m2m_signing_key_age_seconds\{/m);
+    // Gathered at collection in every worker, not only in the one a request happened to reach.
+    const pools = new Set([...text.matchAll(/^m2m_db_pool_connections\{[^}]*worker="(\d+)"[^}]*\} \d+$/gm)].map((m) => m[1]));
+    expect(pools.size).toBe(2);
+  });
+
+  test('the management listener\'s /readyz asks every worker', async () => {
+    const res = await server.management('/readyz');
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as { status: string; workers: { worker: number; status: string; database: string }[] };
+    expect(body.status).toBe('ready');
+    expect(body.workers.map((w) => [w.status, w.database])).toEqual([['ready', 'ok'], ['ready', 'ok']]);
+    expect((await server.management('/healthz')).status).toBe(200);
   });
 
   test('a worker that dies is replaced', async () => {

@@ -5,7 +5,7 @@ import type { Middleware } from 'koa';
 import Provider from 'oidc-provider';
 
 import type { ClientRegistry } from '../clients/registry.ts';
-import { metricsText, type Metrics } from '../metrics.ts';
+import type { Metrics } from '../metrics.ts';
 import type { KeySet } from '../keys/signing-keys.ts';
 import type { Logger } from '../log.ts';
 import type { Settings } from '../settings.ts';
@@ -21,6 +21,7 @@ import type { BruteForce } from '../oauth/brute-force.ts';
 import { revocation } from '../oauth/revocation.ts';
 import { audit, clientIdAsSent, recordIssued, recordRefusal, type Issued } from './audit.ts';
 import { clientAddress } from './client-address.ts';
+import { readiness } from './management.ts';
 
 export interface AppDeps {
   settings: Settings;
@@ -30,7 +31,6 @@ export interface AppDeps {
   logger: Logger;
   /** Resolves when the database answers; rejects otherwise. */
   pingDatabase: () => Promise<void>;
-  poolStats: () => { used: number; free: number; pending: number };
   certificates: CertificateHooks;
   bruteForce: BruteForce;
   metrics: Metrics;
@@ -43,7 +43,10 @@ export interface Lifecycle {
   inFlight: number;
 }
 
-/** Every endpoint and its methods; anything else is 404 or 405 before it reaches the engine. */
+/**
+ * Every endpoint and its methods; anything else is 404 or 405 before it reaches the engine.
+ * /metrics is not here: it is on the management listener only (management.ts).
+ */
 const ENDPOINTS: Record<string, string[]> = {
   '/token': ['POST'],
   '/token/introspection': ['POST'],
@@ -53,7 +56,6 @@ const ENDPOINTS: Record<string, string[]> = {
   '/.well-known/openid-configuration': ['GET', 'HEAD'],
   '/healthz': ['GET', 'HEAD'],
   '/readyz': ['GET', 'HEAD'],
-  '/metrics': ['GET', 'HEAD'],
 };
 
 /** What the engine's CORS middleware may set. */
@@ -185,27 +187,9 @@ export function buildApp(deps: AppDeps, keys: KeySet): Provider {
   });
   router.get('/readyz', async (ctx) => {
     ctx.set('cache-control', 'no-store');
-    try {
-      await deps.pingDatabase();
-      ctx.body = { status: 'ready', database: 'ok', signing_key: keys.signer?.kid };
-    } catch {
-      ctx.status = 503;
-      ctx.body = { status: 'unready', database: 'unreachable', signing_key: keys.signer?.kid };
-    }
-  });
-  router.get('/metrics', async (ctx) => {
-    const now = Date.now() / 1000;
-    deps.metrics.keyAge.reset();
-    for (const key of keys.published) {
-      deps.metrics.keyAge.set({ kid: key.kid, state: key === keys.signer ? 'signing' : key.retiredAt ? 'retired' : 'published' }, now - key.publishedAt);
-    }
-    const pool = deps.poolStats();
-    deps.metrics.poolConnections.set({ state: 'used' }, pool.used);
-    deps.metrics.poolConnections.set({ state: 'free' }, pool.free);
-    deps.metrics.poolConnections.set({ state: 'pending' }, pool.pending);
-    ctx.set('cache-control', 'no-store');
-    ctx.type = 'text/plain; version=0.0.4; charset=utf-8';
-    ctx.body = await metricsText(deps.metrics);
+    const { ready, body } = await readiness(deps.pingDatabase, keys.signer?.kid);
+    ctx.status = ready ? 200 : 503;
+    ctx.body = body;
   });
   router.get('/jwks', (ctx) => {
     ctx.set('cache-control', `public, max-age=${settings.jwksMaxAge}`);

@@ -86,6 +86,8 @@ export async function createWorkspace(settings: Record<string, string> = {}): Pr
     PATH: process.env.PATH ?? '',
     HOME: process.env.HOME ?? dir,
     PORT: String(port),
+    // Never the default 9000: tests run in parallel, each server with its own.
+    MANAGEMENT_PORT: String(await freePort()),
     ISSUER: `https://localhost:${port}`,
     MIGRATIONS_DIR: migrationsDir,
     KEYS_DIR: keysDir,
@@ -112,6 +114,10 @@ export interface RunningServer {
   workspace: Workspace;
   issuer: string;
   port: number;
+  /** The management listener's port (plain HTTP: /metrics, /healthz, /readyz). */
+  managementPort: number;
+  /** GET a path on the management listener. */
+  management(path: string, init?: RequestInit): Promise<Response>;
   /** Everything the process wrote to stdout (JSON log lines) and stderr. */
   output(): string;
   /**
@@ -138,7 +144,10 @@ export interface StartOptions {
 export async function startServer(workspace: Workspace, extraEnv: Record<string, string> = {}, options: StartOptions = {}): Promise<RunningServer> {
   // TEST_WORKERS=N runs every server of the suite with N workers (PostgreSQL only).
   const workers: Record<string, string> = process.env.TEST_WORKERS && workspace.databaseUrl ? { WORKERS: process.env.TEST_WORKERS } : {};
-  const env: Record<string, string> = { ...workspace.env, ...workers, ...extraEnv };
+  // Each server started gets a management port of its own (a test may run two servers of
+  // one workspace side by side), unless the test chose one.
+  const management: Record<string, string> = extraEnv.MANAGEMENT_PORT ? {} : { MANAGEMENT_PORT: String(await freePort()) };
+  const env: Record<string, string> = { ...workspace.env, ...workers, ...management, ...extraEnv };
   const listeners = Number(env.WORKERS ?? 1);
   const [command, ...args] = [...(options.prefix ?? []), NODE, join(ROOT, 'src', 'main.ts')];
   const child = spawn(command!, args, { cwd: workspace.dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -187,8 +196,12 @@ export async function startServer(workspace: Workspace, extraEnv: Record<string,
     const { cert, ...rest } = init;
     return undiciFetch(`${base}${path}`, { ...rest, dispatcher: agent(cert) });
   };
+  const managementPort = Number(env.MANAGEMENT_PORT);
+  const managementAgent = new Agent();
+  agents.set('management', managementAgent);
   return {
-    workspace, issuer, port, process: child,
+    workspace, issuer, port, managementPort, process: child,
+    management: (path, init = {}) => undiciFetch(`http://127.0.0.1:${managementPort}${path}`, { ...init, dispatcher: managementAgent }),
     output: () => output,
     async logLines(match, count) {
       let found: Record<string, unknown>[] = [];
