@@ -2,6 +2,6 @@
 import { knexConfig } from './src/storage/database.ts';
 import { loadSettings } from './src/settings.ts';
 
-const settings = loadSettings();
+const settings = loadSettings(process.env, 'migrate');
 
 export default knexConfig(settings);

@@ -131,7 +131,25 @@ function cidr(name: string, raw: string, entry: string): string {
   return entry;
 }
 
-export function loadSettings(env: Env = process.env): Settings {
+/**
+ * The settings each operator command reads (besides NODE_ENV). A command sees only these:
+ * the others keep their defaults, and the server's own requirements (ISSUER, TLS files) are
+ * not checked, so a deploy job that migrates carries no TLS files.
+ */
+export const COMMAND_SETTINGS = {
+  migrate: ['DATABASE_URL', 'DATA_DIR', 'MIGRATIONS_DIR'],
+  client: ['DATABASE_URL', 'DATA_DIR', 'MIGRATIONS_DIR', 'KEYS_DIR', 'PORT', 'ISSUER', 'ACCESS_TOKEN_TTL', 'MAX_ACCESS_TOKEN_TTL'],
+  keys: ['KEYS_DIR', 'ACCESS_TOKEN_TTL', 'MAX_ACCESS_TOKEN_TTL', 'JWKS_MAX_AGE', 'KEYS_RELOAD_SECONDS'],
+} as const;
+
+export type OperatorCommand = keyof typeof COMMAND_SETTINGS;
+
+/** The server's settings, or with `command` those of one operator command. */
+export function loadSettings(env: Env = process.env, command?: OperatorCommand): Settings {
+  if (command) {
+    const used: readonly string[] = ['NODE_ENV', ...COMMAND_SETTINGS[command]];
+    env = Object.fromEntries(Object.entries(env).filter(([name]) => used.includes(name)));
+  }
   const production = env.NODE_ENV === 'production';
   const port = integer(env, 'PORT', 8443, 0, 65535);
   const host = address(env, 'HOST', '::');
@@ -216,8 +234,10 @@ export function loadSettings(env: Env = process.env): Settings {
     production,
   };
 
-  if (production) {
+  if (production && (!command || (COMMAND_SETTINGS[command] as readonly string[]).includes('DATABASE_URL'))) {
     if (!databaseUrl) fail('DATABASE_URL', '', 'a postgres:// URL when NODE_ENV=production (the embedded database is for development)');
+  }
+  if (production && !command) {
     if (!env.ISSUER) fail('ISSUER', '', 'an https:// URL when NODE_ENV=production');
     if (tlsMode === 'direct' && (!settings.tlsCert || !settings.tlsKey)) {
       fail(settings.tlsCert ? 'TLS_KEY' : 'TLS_CERT', '', 'a PEM file when NODE_ENV=production and TLS_MODE=direct');

@@ -13,11 +13,10 @@ import { AUTH_METHODS, ClientRegistry, type AuthMethod } from '../clients/regist
 import { digestSecret, generateSecret } from '../clients/secrets.ts';
 import * as check from '../clients/validate.ts';
 import { ensureDevTls, issueCertificate } from '../keys/dev-tls.ts';
-import { loadSettings } from '../settings.ts';
 import { openDatabase } from '../storage/database.ts';
-import { run, say } from './output.ts';
+import { commandSettings, run, say } from './output.ts';
 
-const settings = loadSettings();
+const settings = commandSettings('client');
 const program = new Command('client').description('register and manage OAuth clients (each change is a migration)');
 program.exitOverride();
 

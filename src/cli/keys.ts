@@ -5,11 +5,10 @@ import { mkdirSync } from 'node:fs';
 import { Command } from 'commander';
 
 import { generateKey, readKeys, retireKey, stateOf } from '../keys/signing-keys.ts';
-import { loadSettings } from '../settings.ts';
 import { InputError } from '../clients/validate.ts';
-import { run, say } from './output.ts';
+import { commandSettings, run, say } from './output.ts';
 
-const settings = loadSettings();
+const settings = commandSettings('keys');
 const times = { jwksMaxAge: settings.jwksMaxAge, reloadSeconds: settings.keysReloadSeconds, maxTokenTtl: settings.maxAccessTokenTtl };
 const iso = (epoch: number) => (Number.isFinite(epoch) ? new Date(epoch * 1000).toISOString() : '-');
 

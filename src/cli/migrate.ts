@@ -6,7 +6,7 @@ import { run } from './output.ts';
 await run(async () => {
   const direction = process.argv[2];
   if (direction !== 'latest' && direction !== 'rollback') throw new Error('usage: migrate.ts latest|rollback');
-  const database = openDatabase(loadSettings());
+  const database = openDatabase(loadSettings(process.env, 'migrate'));
   try {
     if (direction === 'latest') {
       const [batch, applied] = await database.db.migrate.latest();

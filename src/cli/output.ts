@@ -3,7 +3,7 @@
 import { CommanderError } from 'commander';
 
 import { InputError } from '../clients/validate.ts';
-import { SettingError } from '../settings.ts';
+import { loadSettings, SettingError, type OperatorCommand, type Settings } from '../settings.ts';
 
 export function say(json: boolean | undefined, object: Record<string, unknown>, lines: string[]): void {
   process.stdout.write(json ? `${JSON.stringify(object)}\n` : `${lines.join('\n')}\n`);
@@ -28,5 +28,16 @@ export async function run(action: () => Promise<void>): Promise<void> {
     }
     process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exit(1);
+  }
+}
+
+/** The settings this command uses (only those); a bad one is one line and exit 2. */
+export function commandSettings(command: OperatorCommand): Settings {
+  try {
+    return loadSettings(process.env, command);
+  } catch (err) {
+    if (!(err instanceof SettingError)) throw err;
+    process.stderr.write(`error: ${err.message}\n`);
+    process.exit(2);
   }
 }
