@@ -227,10 +227,11 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
 
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(settings.port, settings.host, () => resolve());
+      // `::` is Node's own default, which falls back to 0.0.0.0 where IPv6 is off.
+      server.listen(settings.port, settings.host === '::' ? undefined : settings.host, () => resolve());
     });
-    const { port } = server.address() as AddressInfo;
-    logger.info({ issuer: settings.issuer, port, tls_mode: settings.tlsMode, signer: current.signer?.kid, database: database.embedded ? 'embedded' : 'postgres' }, 'listening');
+    const { address: host, port } = server.address() as AddressInfo;
+    logger.info({ issuer: settings.issuer, host, port, tls_mode: settings.tlsMode, signer: current.signer?.kid, database: database.embedded ? 'embedded' : 'postgres' }, 'listening');
 
     let stopping = false;
     const stop = (signal: string) => {

@@ -19,6 +19,10 @@ export interface Settings {
   managementPort: number;
   /** MANAGEMENT_HOST: the management listener's address; defaults to HOST. */
   managementHost: string;
+  /** TLS_HANDSHAKE_TIMEOUT: seconds a connection may take to finish its TLS handshake (proxy mode: to send its first request) before it is closed. */
+  tlsHandshakeTimeout: number;
+  /** MAX_CONNECTIONS_PER_ADDRESS: open connections one address (IPv6: one /64) may hold; more are closed at once. TRUSTED_PROXIES are exempt. */
+  maxConnectionsPerAddress: number;
   /** ISSUER: `iss` of every token and the base of every endpoint URL. */
   issuer: string;
   /** DATABASE_URL: postgres://… for a server; unset means embedded PGlite in DATA_DIR. */
@@ -36,7 +40,7 @@ export interface Settings {
   tlsKey: string | undefined;
   /** TLS_CLIENT_CA: CAs trusted for tls_client_auth; unset outside production: the dev CA. */
   tlsClientCa: string | undefined;
-  /** TRUSTED_PROXIES: proxy mode: IPs/CIDRs whose forwarded headers are believed. */
+  /** TRUSTED_PROXIES: proxy mode: IPs/CIDRs of the TLS proxies: only they may send requests (but to /healthz and /readyz), and only their X-Forwarded-For and certificate header are believed. */
   trustedProxies: string[];
   /** CLIENT_CERT_HEADER: proxy mode: header with the URL-encoded PEM client certificate. */
   clientCertHeader: string;
@@ -187,6 +191,11 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
   const trustedProxiesRaw = env.TRUSTED_PROXIES ?? '';
   const trustedProxies = trustedProxiesRaw.split(',').map((s) => s.trim()).filter(Boolean)
     .map((entry) => cidr('TRUSTED_PROXIES', trustedProxiesRaw, entry));
+  // Proxy mode answers only its proxies: without one it could serve nobody but health checks.
+  // Refused rather than guessed (loopback), as a proxy on another host would then meet 403s.
+  if (tlsMode === 'proxy' && trustedProxies.length === 0) {
+    fail('TRUSTED_PROXIES', trustedProxiesRaw, "the TLS proxy's IP addresses or CIDR ranges when TLS_MODE=proxy");
+  }
 
   const clientCertHeader = (env.CLIENT_CERT_HEADER || 'x-ssl-client-cert').toLowerCase();
   if (!/^[a-z0-9-]+$/.test(clientCertHeader)) fail('CLIENT_CERT_HEADER', clientCertHeader, 'an HTTP header name');
@@ -204,6 +213,8 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     host,
     managementPort,
     managementHost: address(env, 'MANAGEMENT_HOST', host),
+    tlsHandshakeTimeout: integer(env, 'TLS_HANDSHAKE_TIMEOUT', 10, 1, 300),
+    maxConnectionsPerAddress: integer(env, 'MAX_CONNECTIONS_PER_ADDRESS', 256, 1, 1000000),
     issuer,
     databaseUrl,
     dataDir: resolve(env.DATA_DIR || 'data'),

@@ -10,12 +10,12 @@ import { addClient, createWorkspace, decodeJwtPart, startServer, type RunningSer
 
 const API = 'https://api.example.test';
 const CLIENT_AUTH_FAILED = { error: 'invalid_client', error_description: 'client authentication failed' };
-const WARNING = 'ignored a forwarded client certificate from an untrusted address';
 
 let workspace: Workspace;
 let server: RunningServer;
 let certsDir: string;
 const pem: Record<string, string> = {};
+const secrets: Record<string, string> = {};
 
 function run(command: string, args: string[]): Promise<void> {
   return new Promise((done, fail) => {
@@ -46,6 +46,7 @@ beforeAll(async () => {
   // The development server certificate: issued by TLS_CLIENT_CA, but for server auth only.
   pem.serverOnly = readFileSync(join(workspace.keysDir, 'dev-server.crt'), 'utf8');
   await addClient(workspace, 'svc-px-host', ['--auth', 'tls_client_auth', '--subject-dn', 'CN=localhost', '--audience', API]);
+  secrets.basic = (await addClient(workspace, 'svc-px-basic', ['--auth', 'client_secret_basic', '--audience', API])).client_secret!;
   await addClient(workspace, 'svc-px-self', ['--auth', 'self_signed_tls_client_auth', '--cert', join(certsDir, 'rogue.crt'), '--audience', API]);
 });
 
@@ -61,6 +62,11 @@ describe('behind a trusted proxy', () => {
 
   afterAll(async () => {
     await server?.stop();
+  });
+
+  test('a Basic client sent through a trusted proxy gets a token', async () => {
+    const res = await server.post('/token', { grant_type: 'client_credentials' }, { basic: ['svc-px-basic', secrets.basic!] });
+    expect(res.status).toBe(200);
   });
 
   test('a certificate forwarded by a trusted proxy authenticates, and the token is bound to it', async () => {
@@ -100,12 +106,25 @@ describe('from an address that is not a trusted proxy', () => {
     server = await startServer(workspace, { TLS_MODE: 'proxy', TRUSTED_PROXIES: '10.9.9.9' });
   });
 
-  test('a forwarded certificate header is ignored (401) and the attempt is logged as a warning', async () => {
-    const res = await token('svc-px', forwarded(pem.trusted!));
-    expect(res.status).toBe(401);
-    expect(res.body).toEqual(CLIENT_AUTH_FAILED);
-    const warning = await server.logLines((line) => line.msg === WARNING, 1);
-    expect(warning).toHaveLength(1);
-    expect(warning[0]).toMatchObject({ level: 40, remote_address: expect.stringMatching(/127\.0\.0\.1$/), header: 'x-ssl-client-cert' });
+  test('403 invalid_request for a Basic token request: no token travels in clear to a peer outside TRUSTED_PROXIES', async () => {
+    const res = await server.post('/token', { grant_type: 'client_credentials' }, { basic: ['svc-px-basic', secrets.basic!] });
+    expect(res.status).toBe(403);
+    expect(res.body).toEqual({ error: 'invalid_request', error_description: 'requests are accepted only through the TLS proxy' });
+    expect(res.headers.get('cache-control')).toBe('no-store');
+    const [line] = await server.logLines((l) => l.event === 'token.refused' && l.status === 403, 1);
+    expect(line).toMatchObject({ reason: 'not sent through a trusted proxy (TRUSTED_PROXIES)', address: '127.0.0.1' });
+  });
+
+  test('403 also with a forwarded certificate, and on every other endpoint but the health probes', async () => {
+    expect((await token('svc-px', forwarded(pem.trusted!))).status).toBe(403);
+    for (const path of ['/jwks', '/.well-known/oauth-authorization-server', '/metrics', '/nowhere']) {
+      const res = await server.fetch(path);
+      expect([path, res.status]).toEqual([path, 403]);
+      expect(await res.json()).toMatchObject({ error: 'invalid_request' });
+    }
+    for (const path of ['/healthz', '/readyz']) {
+      const res = await server.fetch(path);
+      expect([path, res.status]).toEqual([path, 200]);
+    }
   });
 });

@@ -3,6 +3,7 @@
 import Router from '@koa/router';
 import type { Middleware } from 'koa';
 import Provider from 'oidc-provider';
+import proxyAddr from 'proxy-addr';
 
 import type { ClientRegistry } from '../clients/registry.ts';
 import type { Metrics } from '../metrics.ts';
@@ -71,9 +72,16 @@ function jsonError(ctx: Parameters<Middleware>[0], status: number, error: string
   ctx.body = { error, error_description: description };
 }
 
+/** Answered to anyone, also in proxy mode: load balancers and orchestrators probe them directly. */
+const PROBES = new Set(['/healthz', '/readyz']);
+
 function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
   const { settings, logger, bruteForce, metrics, lifecycle } = deps;
   const addressOf = clientAddress(settings);
+  const fromProxy = proxyAddr.compile(settings.trustedProxies);
+  // Proxy mode speaks plain HTTP: a token answered to anyone but the proxy would travel in clear.
+  const peerRefused = (ctx: Parameters<Middleware>[0]): boolean => settings.tlsMode === 'proxy' && !PROBES.has(ctx.path)
+    && !fromProxy(ctx.req.socket.remoteAddress ?? '', 0);
   return async (ctx, next) => {
     lifecycle.inFlight += 1;
     try {
@@ -124,6 +132,10 @@ function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
   }
 
   async function guarded(ctx: Parameters<Middleware>[0], next: () => Promise<unknown>): Promise<void> {
+    if (peerRefused(ctx)) {
+      recordRefusal(ctx, 'not sent through a trusted proxy (TRUSTED_PROXIES)');
+      return jsonError(ctx, 403, 'invalid_request', 'requests are accepted only through the TLS proxy');
+    }
     const methods = ENDPOINTS[ctx.path];
     if (!methods) return jsonError(ctx, 404, 'invalid_request', 'no such endpoint');
     if (!methods.includes(ctx.method)) {

@@ -1,10 +1,16 @@
 // The one listener. TLS_MODE=direct: HTTPS here, client certificates requested but not
 // required (so Basic and assertion clients connect without one), session resumption on.
 // TLS_MODE=proxy: plain HTTP behind a TLS-terminating proxy.
+// Idle connections cost a file descriptor each: one that has not finished its handshake
+// (proxy mode: sent its first request) within TLS_HANDSHAKE_TIMEOUT is closed, and one
+// address may hold at most MAX_CONNECTIONS_PER_ADDRESS at a time.
 import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { Server } from 'node:net';
+import type { Server, Socket } from 'node:net';
+
+import ipaddr from 'ipaddr.js';
+import proxyAddr from 'proxy-addr';
 
 import type { Settings } from '../settings.ts';
 
@@ -32,10 +38,48 @@ export function readTlsMaterial(paths: { cert: string; key: string; clientCa?: s
   };
 }
 
+/** The key an address is counted under: itself, or for IPv6 its /64 (one host's usual share). */
+export function addressKey(address: string | undefined): string {
+  if (!address || !ipaddr.isValid(address)) return 'unknown';
+  const parsed = ipaddr.process(address);
+  if (parsed.kind() === 'ipv4') return parsed.toString();
+  return `${(parsed as ipaddr.IPv6).parts.slice(0, 4).map((part) => part.toString(16)).join(':')}::/64`;
+}
+
+/** Closes a new connection at once when its address already holds `max`; proxies are exempt. */
+function limitConnectionsPerAddress(server: Server, max: number, exempt: (address: string) => boolean): void {
+  const open = new Map<string, number>();
+  server.on('connection', (socket: Socket) => {
+    const address = socket.remoteAddress;
+    if (address === undefined) return;
+    if (exempt(address)) return;
+    const key = addressKey(address);
+    const count = open.get(key) ?? 0;
+    if (count >= max) {
+      socket.destroy();
+      return;
+    }
+    open.set(key, count + 1);
+    socket.once('close', () => {
+      const left = (open.get(key) ?? 1) - 1;
+      if (left > 0) open.set(key, left);
+      else open.delete(key);
+    });
+  });
+}
+
 export function createServer(settings: Settings, handler: Handler, tls: TlsMaterial | undefined): Server {
   let server;
+  const handshakeMs = settings.tlsHandshakeTimeout * 1000;
   if (settings.tlsMode === 'proxy') {
-    server = createHttpServer({ ...LIMITS }, handler);
+    // No handshake here: the first request's headers must arrive within the same time.
+    server = createHttpServer({
+      ...LIMITS,
+      headersTimeout: handshakeMs,
+      requestTimeout: Math.max(LIMITS.requestTimeout, handshakeMs),
+      // Node checks those timeouts only this often (30 s by default).
+      connectionsCheckingInterval: Math.min(1000, handshakeMs),
+    }, handler);
   } else {
     if (!tls) throw new Error('TLS material is required in direct mode');
     server = createHttpsServer({
@@ -47,15 +91,17 @@ export function createServer(settings: Settings, handler: Handler, tls: TlsMater
       rejectUnauthorized: false,
       minVersion: 'TLSv1.2',
       sessionTimeout: 300,
+      handshakeTimeout: handshakeMs,
+      connectionsCheckingInterval: 1000,
     }, handler);
   }
+  const trust = proxyAddr.compile(settings.tlsMode === 'proxy' ? settings.trustedProxies : []);
+  limitConnectionsPerAddress(server, settings.maxConnectionsPerAddress, (address) => trust(address, 0));
   // A connection's client certificate is read once and kept (client-certificates.ts):
   // renegotiation, which could swap it, is refused.
   if (settings.tlsMode !== 'proxy') {
     server.on('secureConnection', (socket: import('node:tls').TLSSocket) => socket.disableRenegotiation());
   }
-  server.headersTimeout = LIMITS.headersTimeout;
-  server.requestTimeout = LIMITS.requestTimeout;
   server.keepAliveTimeout = LIMITS.keepAliveTimeout;
   server.maxHeadersCount = 100;
   return server;
