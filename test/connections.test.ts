@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 
 import { Agent, fetch } from 'undici';
 
@@ -14,7 +15,7 @@ const API = 'https://api.example.test';
 let workspace: Workspace;
 let server: RunningServer | undefined;
 let secret: string;
-const sockets: Socket[] = [];
+const sockets: (Socket | TLSSocket)[] = [];
 
 interface Bare {
   socket: Socket;
@@ -40,7 +41,7 @@ async function bareConnection(port: number, localAddress = '127.0.0.1'): Promise
 
 /** A Basic token request over TLS from a chosen loopback address. */
 async function tokenFrom(localAddress: string): Promise<number> {
-  const agent = new Agent({ connect: { ca: readFileSync(join(workspace.keysDir, 'dev-ca.crt'), 'utf8'), localAddress } });
+  const agent = new Agent({ localAddress, connect: { ca: readFileSync(join(workspace.keysDir, 'dev-ca.crt'), 'utf8') } });
   try {
     const res = await fetch(`${server!.issuer}/token`, {
       method: 'POST',
@@ -76,6 +77,22 @@ test('direct mode: a connection that never sends a ClientHello is closed after T
   // Node's default would hold them for 120 s.
   await eventually(async () => idle.every((c) => c.closed), 20_000, 'every idle connection closed by the server');
   expect(await tokenFrom('127.0.0.1')).toBe(200);
+});
+
+test('direct mode: a finished handshake followed by silence is closed too', async () => {
+  server = await startServer(workspace, { TLS_HANDSHAKE_TIMEOUT: '1' });
+  const socket = tlsConnect({ host: '127.0.0.1', port: server.port, servername: 'localhost', ca: readFileSync(join(workspace.keysDir, 'dev-ca.crt'), 'utf8') });
+  sockets.push(socket);
+  let closed = false;
+  socket.on('error', () => {});
+  socket.on('close', () => {
+    closed = true;
+  });
+  await new Promise<void>((done, fail) => {
+    socket.once('secureConnect', () => done());
+    socket.once('error', fail);
+  });
+  await eventually(async () => closed, 20_000, 'the silent TLS connection closed by the server');
 });
 
 test('proxy mode: a connection that never sends a request is closed after TLS_HANDSHAKE_TIMEOUT, also from a trusted proxy', async () => {

@@ -28,6 +28,8 @@ const LIMITS = {
   keepAliveTimeout: 65_000,
   maxHeaderSize: 16_384,
   maxRequestsPerSocket: 0,
+  // Node checks headersTimeout and requestTimeout only this often (30 s by default).
+  connectionsCheckingInterval: 1000,
 };
 
 export function readTlsMaterial(paths: { cert: string; key: string; clientCa?: string | undefined }): TlsMaterial {
@@ -68,18 +70,36 @@ function limitConnectionsPerAddress(server: Server, max: number, exempt: (addres
   });
 }
 
+const FIRST_REQUEST = Symbol('first request deadline');
+type Waiting = Socket & { [FIRST_REQUEST]?: NodeJS.Timeout };
+
+/**
+ * Closes a connection that has not sent a complete request within `ms` of `event`. Node's
+ * headersTimeout starts only with a request's first byte: a silent connection is kept forever.
+ */
+function closeIfNoRequest(server: Server, event: 'connection' | 'secureConnection', ms: number): void {
+  server.on(event, (socket: Waiting) => {
+    const timer = setTimeout(() => socket.destroy(), ms);
+    timer.unref();
+    socket[FIRST_REQUEST] = timer;
+    socket.once('close', () => clearTimeout(timer));
+  });
+  server.on('request', (req: IncomingMessage) => {
+    const socket = req.socket as Waiting;
+    const timer = socket[FIRST_REQUEST];
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    socket[FIRST_REQUEST] = undefined;
+  });
+}
+
 export function createServer(settings: Settings, handler: Handler, tls: TlsMaterial | undefined): Server {
   let server;
   const handshakeMs = settings.tlsHandshakeTimeout * 1000;
   if (settings.tlsMode === 'proxy') {
-    // No handshake here: the first request's headers must arrive within the same time.
-    server = createHttpServer({
-      ...LIMITS,
-      headersTimeout: handshakeMs,
-      requestTimeout: Math.max(LIMITS.requestTimeout, handshakeMs),
-      // Node checks those timeouts only this often (30 s by default).
-      connectionsCheckingInterval: Math.min(1000, handshakeMs),
-    }, handler);
+    server = createHttpServer({ ...LIMITS }, handler);
+    // No handshake here: the first request must arrive within the same time.
+    closeIfNoRequest(server, 'connection', handshakeMs);
   } else {
     if (!tls) throw new Error('TLS material is required in direct mode');
     server = createHttpsServer({
@@ -92,8 +112,9 @@ export function createServer(settings: Settings, handler: Handler, tls: TlsMater
       minVersion: 'TLSv1.2',
       sessionTimeout: 300,
       handshakeTimeout: handshakeMs,
-      connectionsCheckingInterval: 1000,
     }, handler);
+    // A finished handshake is no licence to idle: the first request follows within the same time.
+    closeIfNoRequest(server, 'secureConnection', handshakeMs);
   }
   const trust = proxyAddr.compile(settings.tlsMode === 'proxy' ? settings.trustedProxies : []);
   limitConnectionsPerAddress(server, settings.maxConnectionsPerAddress, (address) => trust(address, 0));
