@@ -19,7 +19,7 @@ export interface Settings {
   managementPort: number;
   /** MANAGEMENT_HOST: the management listener's address; defaults to HOST. */
   managementHost: string;
-  /** TLS_HANDSHAKE_TIMEOUT: seconds a connection may take to finish its TLS handshake (proxy mode: to send its first request) before it is closed. */
+  /** TLS_HANDSHAKE_TIMEOUT: seconds a connection may take to finish its TLS handshake, and then to send its first request (proxy mode: from connecting to its first request), before it is closed. */
   tlsHandshakeTimeout: number;
   /** MAX_CONNECTIONS_PER_ADDRESS: open connections one address (IPv6: one /64) may hold; more are closed at once. TRUSTED_PROXIES are exempt. */
   maxConnectionsPerAddress: number;
