@@ -116,3 +116,19 @@ test('one address past MAX_CONNECTIONS_PER_ADDRESS is refused; another address s
   held.find((c) => !c.closed)!.socket.destroy();
   await eventually(async () => (await tokenFrom(hog).catch(() => 0)) === 200, 20_000, 'a token from the hog once it holds fewer');
 });
+
+test('HOST chooses the listening address', async () => {
+  server = await startServer(workspace, { HOST: '127.0.0.2' });
+  const [line] = await server.logLines((l) => l.msg === 'listening', 1);
+  expect(line).toMatchObject({ host: '127.0.0.2' });
+  const reach = (host: string) => new Promise<string>((done) => {
+    const socket = connect({ host, port: server!.port });
+    socket.once('connect', () => {
+      socket.destroy();
+      done('connected');
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => done(err.code ?? 'error'));
+  });
+  expect(await reach('127.0.0.2')).toBe('connected');
+  expect(await reach('127.0.0.1')).toBe('ECONNREFUSED');
+});
