@@ -21,7 +21,7 @@ export interface Settings {
   managementHost: string;
   /** TLS_HANDSHAKE_TIMEOUT: seconds a connection may take to finish its TLS handshake, and then to send its first request (proxy mode: from connecting to its first request), before it is closed. */
   tlsHandshakeTimeout: number;
-  /** MAX_CONNECTIONS_PER_ADDRESS: open connections one address (IPv6: one /64) may hold; more are closed at once. TRUSTED_PROXIES are exempt. */
+  /** MAX_CONNECTIONS_PER_ADDRESS: open connections one address (IPv6: one /64) may hold per process; more are closed at once. TRUSTED_PROXIES are exempt. */
   maxConnectionsPerAddress: number;
   /** ISSUER: `iss` of every token and the base of every endpoint URL. */
   issuer: string;

@@ -103,7 +103,8 @@ test('proxy mode: a connection that never sends a request is closed after TLS_HA
 
 test('one address past MAX_CONNECTIONS_PER_ADDRESS is refused; another address still gets a token', async () => {
   const max = 20;
-  server = await startServer(workspace, { MAX_CONNECTIONS_PER_ADDRESS: String(max), TLS_HANDSHAKE_TIMEOUT: '300' });
+  // One process: each worker counts the connections it was handed (TEST_WORKERS would split them).
+  server = await startServer(workspace, { MAX_CONNECTIONS_PER_ADDRESS: String(max), TLS_HANDSHAKE_TIMEOUT: '300', WORKERS: '1' });
   const hog = '127.0.0.5';
   const held: Bare[] = [];
   for (let i = 0; i < max + 1; i += 1) held.push(await bareConnection(server.port, hog));
