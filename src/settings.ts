@@ -40,7 +40,7 @@ export interface Settings {
   tlsKey: string | undefined;
   /** TLS_CLIENT_CA: CAs trusted for tls_client_auth; unset outside production: the dev CA. */
   tlsClientCa: string | undefined;
-  /** TRUSTED_PROXIES: proxy mode: IPs/CIDRs of the TLS proxies: only they may send requests (but to /healthz and /readyz), and only their X-Forwarded-For and certificate header are believed. */
+  /** TRUSTED_PROXIES: proxy mode: IPs/CIDRs of the TLS proxies: only they may send requests (except to /healthz and /readyz), and only their X-Forwarded-For and certificate header are believed. */
   trustedProxies: string[];
   /** CLIENT_CERT_HEADER: proxy mode: header with the URL-encoded PEM client certificate. */
   clientCertHeader: string;

@@ -1,9 +1,9 @@
 // The one listener. TLS_MODE=direct: HTTPS here, client certificates requested but not
 // required (so Basic and assertion clients connect without one), session resumption on.
 // TLS_MODE=proxy: plain HTTP behind a TLS-terminating proxy.
-// Idle connections cost a file descriptor each: one that has not finished its handshake
-// (proxy mode: sent its first request) within TLS_HANDSHAKE_TIMEOUT is closed, and one
-// address may hold at most MAX_CONNECTIONS_PER_ADDRESS at a time.
+// Idle connections cost a file descriptor each: one that has not finished its handshake, or
+// then sent its first request, within TLS_HANDSHAKE_TIMEOUT each (proxy mode: not sent its
+// first request within it) is closed, and one address holds at most MAX_CONNECTIONS_PER_ADDRESS.
 import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -41,7 +41,7 @@ export function readTlsMaterial(paths: { cert: string; key: string; clientCa?: s
 }
 
 /** The key an address is counted under: itself, or for IPv6 its /64 (one host's usual share). */
-export function addressKey(address: string | undefined): string {
+function addressKey(address: string | undefined): string {
   if (!address || !ipaddr.isValid(address)) return 'unknown';
   const parsed = ipaddr.process(address);
   if (parsed.kind() === 'ipv4') return parsed.toString();
