@@ -64,9 +64,14 @@ describe('behind a trusted proxy', () => {
     await server?.stop();
   });
 
-  test('a Basic client sent through a trusted proxy gets a token', async () => {
-    const res = await server.post('/token', { grant_type: 'client_credentials' }, { basic: ['svc-px-basic', secrets.basic!] });
+  test('a Basic client sent through a trusted proxy gets a token; its address is the last X-Forwarded-For hop not trusted', async () => {
+    const res = await server.post('/token', { grant_type: 'client_credentials' }, {
+      basic: ['svc-px-basic', secrets.basic!], headers: { 'x-forwarded-for': '198.51.100.7, 203.0.113.9' },
+    });
     expect(res.status).toBe(200);
+    const { jti } = decodeJwtPart(res.body.access_token, 1);
+    const [line] = await server.logLines((l) => l.event === 'token.issued' && l.jti === jti, 1);
+    expect(line).toMatchObject({ address: '203.0.113.9' });
   });
 
   test('a certificate forwarded by a trusted proxy authenticates, and the token is bound to it', async () => {
@@ -107,7 +112,9 @@ describe('from an address that is not a trusted proxy', () => {
   });
 
   test('403 invalid_request for a Basic token request: no token travels in clear to a peer outside TRUSTED_PROXIES', async () => {
-    const res = await server.post('/token', { grant_type: 'client_credentials' }, { basic: ['svc-px-basic', secrets.basic!] });
+    const res = await server.post('/token', { grant_type: 'client_credentials' }, {
+      basic: ['svc-px-basic', secrets.basic!], headers: { 'x-forwarded-for': '198.51.100.7' },
+    });
     expect(res.status).toBe(403);
     expect(res.body).toEqual({ error: 'invalid_request', error_description: 'requests are accepted only through the TLS proxy' });
     expect(res.headers.get('cache-control')).toBe('no-store');
