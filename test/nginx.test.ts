@@ -129,10 +129,11 @@ async function startNginx(): Promise<void> {
     }
     return new Promise<boolean>((done) => {
       const probe = connect({ host: '127.0.0.1', port: nginxPort });
-      probe.once('connect', () => done(true));
+      probe.once('connect', () => {
+        probe.destroy();
+        done(true);
+      });
       probe.once('error', () => done(false));
-      probe.once('close', () => probe.destroy());
-      probe.once('connect', () => probe.end());
     });
   }, 30_000, 'nginx listening');
 }
