@@ -1,6 +1,7 @@
 // Every setting, its default and its meaning, in one place. Parsed and checked once at
 // start; a bad value stops the start with one line naming the setting.
 import { accessSync, constants } from 'node:fs';
+import { isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 
@@ -122,10 +123,9 @@ function bool(env: Env, name: string, fallback: boolean): boolean {
 function address(env: Env, name: string, fallback: string): string {
   const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
-  // An IP address, or a host name Node resolves when it listens.
-  if (!ipaddr.isValid(raw) && !/^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/i.test(raw)) {
-    fail(name, raw, 'an IP address or a host name');
-  }
+  // An IP address only: a host name binds just the first address it resolves to (`localhost`
+  // may be ::1 alone), and a typo such as 10.0.0.300 would pass as a name.
+  if (isIP(raw) === 0) fail(name, raw, 'an IP address (:: for every address)');
   return raw;
 }
 
