@@ -220,25 +220,35 @@ describeWithNginx('the README\'s nginx in front of the server in proxy mode', ()
   });
 
   test('wrong secrets for a client from one address, under forged X-Forwarded-For values, lock it out there only', async () => {
+    const answers: unknown[] = [];
     for (let i = 1; i <= 10; i += 1) {
       const res = await basic('127.0.0.4', 'svc-ng-victim', 'wrong-secret', ['-H', `X-Forwarded-For: 198.51.100.${i}`]);
-      expect(res.status).toBe(401);
+      answers.push([res.status, res.body?.error]);
     }
+    expect(answers).toEqual(Array(10).fill([401, 'invalid_client']));
     // Counted against 127.0.0.4, whatever the header said: the right secret is refused there...
     const there = await basic('127.0.0.4', 'svc-ng-victim', secrets.victim!, ['-H', 'X-Forwarded-For: 198.51.100.99']);
-    expect(there.status).toBe(429);
+    expect([there.status, there.body?.error]).toEqual([429, 'temporarily_unavailable']);
     // ...and nowhere else.
-    expect((await basic('127.0.0.5', 'svc-ng-victim', secrets.victim!)).status).toBe(200);
+    const elsewhere = await basic('127.0.0.5', 'svc-ng-victim', secrets.victim!);
+    expect([elsewhere.status, elsewhere.body?.error]).toEqual([200, undefined]);
     const refusals = await server.logLines((l) => l.event === 'token.refused' && l.client_id === 'svc-ng-victim', 11);
     expect(new Set(refusals.map((l) => l.address))).toEqual(new Set(['127.0.0.4']));
   });
 
   test('failures from one address past the per-address limit block that address, not every client behind the proxy', async () => {
+    const answers: unknown[] = [];
     for (let i = 0; i < ADDRESS_LIMIT; i += 1) {
-      expect((await basic('127.0.0.6', `svc-guess-${i}`, 'wrong-secret')).status).toBe(401);
+      const res = await basic('127.0.0.6', `svc-guess-${i}`, 'wrong-secret');
+      answers.push([res.status, res.body?.error]);
     }
-    expect((await basic('127.0.0.6', 'svc-ng', secrets.basic!)).status).toBe(429);
-    expect((await basic('127.0.0.7', 'svc-ng', secrets.basic!)).status).toBe(200);
-    expect((await withCert('127.0.0.7', 'svc-ng-mtls', 'svc-ng-mtls')).status).toBe(200);
+    expect(answers).toEqual(Array(ADDRESS_LIMIT).fill([401, 'invalid_client']));
+    const outcome = async (res: Promise<CurlResult>) => {
+      const { status, body } = await res;
+      return [status, body?.error];
+    };
+    expect(await outcome(basic('127.0.0.6', 'svc-ng', secrets.basic!))).toEqual([429, 'temporarily_unavailable']);
+    expect(await outcome(basic('127.0.0.7', 'svc-ng', secrets.basic!))).toEqual([200, undefined]);
+    expect(await outcome(withCert('127.0.0.7', 'svc-ng-mtls', 'svc-ng-mtls'))).toEqual([200, undefined]);
   });
 });
