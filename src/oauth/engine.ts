@@ -259,9 +259,9 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
   const audiences = new Set([settings.issuer, `${settings.issuer}/token`]);
   provider.OIDCContext.prototype.clientJwtAuthExpectedAudience = () => audiences;
 
-  // One atomic INSERT decides first use of an assertion's jti (and of a DPoP proof's, which
-  // the engine claims here too); the engine's default (find, then insert) would let
-  // concurrent replays through.
+  // One atomic INSERT decides first use of an assertion's jti (and of a DPoP proof's:
+  // bindings/dpop.ts); the engine's default (find, then insert) would let concurrent
+  // replays through.
   provider.ReplayDetection.unique = (iss: string, jti: string, exp: number) => unlessStorageDown(() => replay.claim(`${iss}\u0000${jti}`, exp));
 
   // Where the engine looks a client up, before it checks any credential: first the brute-

@@ -1,11 +1,13 @@
 // DPoP (RFC 9449): a token bound to a key the client proves it holds, per request. The
 // engine verifies the proof (typ dpop+jwt, an allowed asymmetric alg, a public `jwk` in
-// the header and the signature with it, htm, htu, nonce) and claims its jti through
-// ReplayDetection.unique, which engine.ts makes one atomic INSERT. This module configures
-// that, and adds what the engine does otherwise:
+// the header and the signature with it, htm, htu, nonce). This module configures that,
+// and adds what the engine does otherwise or not at all:
 // - htu is compared with the token endpoint under ISSUER, never with a URL built from the
 //   request's Host header;
 // - iat within PROOF_MAX_AGE (the engine allows 5 minutes, and no limit with a nonce);
+// - jti single use, claimed through ReplayDetection.unique (one atomic INSERT, engine.ts)
+//   under the proof key's thumbprint; the engine's own check would answer a replay with
+//   invalid_grant;
 // - a client registered with `--dpop` that sends no proof gets invalid_dpop_proof (the
 //   engine says invalid_grant);
 // - a certificate-bound client that sends a proof gets a token bound to both (see below).
@@ -36,15 +38,23 @@ export function dpopFeature(settings: Settings, nonceSecret: Buffer | undefined)
     enabled: true,
     ...(settings.dpopNonce ? { nonceSecret } : {}),
     requireNonce: () => settings.dpopNonce,
-    // Proofs are single use: the engine claims each jti through ReplayDetection.unique.
-    allowReplay: false,
+    // Replays are refused, but not by the engine's check (which answers invalid_grant):
+    // useDpop claims each jti itself, right after the engine verified the proof.
+    allowReplay: true,
   };
 }
 
-function assertFresh(iat: number): void {
+/** Refuses a proof outside the iat window or seen before; claims its jti otherwise. */
+async function assertFreshAndUnused(provider: Provider, proof: { thumbprint: string; jti: string; iat: number }): Promise<void> {
   const now = Math.floor(Date.now() / 1000);
-  if (iat < now - PROOF_MAX_AGE - PROOF_CLOCK_TOLERANCE) throw new errors.InvalidDpopProof(`DPoP proof iat is more than ${PROOF_MAX_AGE} seconds old`);
-  if (iat > now + PROOF_CLOCK_TOLERANCE) throw new errors.InvalidDpopProof('DPoP proof iat is in the future');
+  if (proof.iat < now - PROOF_MAX_AGE - PROOF_CLOCK_TOLERANCE) throw new errors.InvalidDpopProof(`DPoP proof iat is more than ${PROOF_MAX_AGE} seconds old`);
+  if (proof.iat > now + PROOF_CLOCK_TOLERANCE) throw new errors.InvalidDpopProof('DPoP proof iat is in the future');
+  // Kept until the proof could no longer be accepted; the jti is the key holder's, so it is
+  // claimed under the key (a colon is in no client id: no clash with assertion jtis).
+  const until = Math.max(now, proof.iat) + PROOF_MAX_AGE + PROOF_CLOCK_TOLERANCE;
+  if (!await provider.ReplayDetection.unique(`dpop:${proof.thumbprint}`, proof.jti, until)) {
+    throw new errors.InvalidDpopProof('DPoP proof jti was used before');
+  }
 }
 
 /** Installs on `provider` what this module adds to the engine's DPoP (see the top). */
@@ -61,7 +71,7 @@ export function useDpop(provider: Provider, settings: Settings): void {
     ...engine,
     async validateDpop(ctx: KoaContextWithOIDC) {
       const proof = await grantHelpers.validateDpop(provider, ctx);
-      if (proof) assertFresh(proof.iat);
+      if (proof) await assertFreshAndUnused(provider, proof);
       return proof;
     },
     checkDpopRequired(ctx: KoaContextWithOIDC, proof: unknown) {
