@@ -3,7 +3,7 @@
 // bad proof gets 400 invalid_dpop_proof; a proof is single use, also when its copies race
 // (across two workers and two instances on PostgreSQL); server nonces; `--dpop` clients;
 // a certificate-bound client's proof; metadata, introspection, audit line and metrics.
-import { randomUUID } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, randomUUID, sign } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -41,6 +41,12 @@ async function proof(claims: Record<string, unknown> = {}, header: Record<string
   return new SignJWT({ htm: 'POST', htu: `${on.issuer}/token`, jti: randomUUID(), iat: now(), ...claims })
     .setProtectedHeader({ typ: 'dpop+jwt', alg: signer.alg, jwk: signer.jwk, ...header })
     .sign(signer.privateKey);
+}
+
+/** An RS256 proof signed with node:crypto, for what jose will not sign (a short key, crit). */
+function rawProof(header: Record<string, unknown>, claims: Record<string, unknown>, privateKeyPem: string): string {
+  const input = `${b64(header)}.${b64(claims)}`;
+  return `${input}.${sign('sha256', Buffer.from(input), createPrivateKey(privateKeyPem)).toString('base64url')}`;
 }
 
 function tokenRequest(dpop: string | undefined, basic: [string, string] = ['svc', secret], on = server) {
@@ -205,6 +211,28 @@ describe('every bad proof: 400 invalid_dpop_proof, and no token', () => {
       const [h, , s] = (await proof()).split('.');
       return `${h}.${b64({ htm: 'POST', htu: `${server.issuer}/token`, jti: randomUUID(), iat: now() })}.${s}`;
     }],
+    ['alg ES256 with an RSA jwk', async () => {
+      const rsa = await dpopKey('RS256');
+      return proof({}, { alg: 'ES256', jwk: rsa.jwk });
+    }],
+    ['an RSA key of 1024 bits', async () => {
+      const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 1024 });
+      return rawProof({ typ: 'dpop+jwt', alg: 'RS256', jwk: publicKey.export({ format: 'jwk' }) },
+        { htm: 'POST', htu: `${server.issuer}/token`, jti: randomUUID(), iat: now() }, privateKey.export({ type: 'pkcs8', format: 'pem' }) as string);
+    }],
+    ['a crit header', async () => {
+      const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+      return rawProof({ typ: 'dpop+jwt', alg: 'RS256', jwk: publicKey.export({ format: 'jwk' }), crit: ['exp'], exp: now() + 60 },
+        { htm: 'POST', htu: `${server.issuer}/token`, jti: randomUUID(), iat: now() }, privateKey.export({ type: 'pkcs8', format: 'pem' }) as string);
+    }],
+    ['a signature in a second spelling (non-canonical base64url)', async () => {
+      const compact = await proof({}, {}, await dpopKey('EdDSA'));
+      // The last character of an Ed25519 signature carries 4 unused bits: flip one.
+      const last = compact.at(-1)!;
+      const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+      return `${compact.slice(0, -1)}${alphabet[alphabet.indexOf(last) ^ 1]}`;
+    }],
+    ['jti a number', () => proof({ jti: 42 })],
     ['htm GET', () => proof({ htm: 'GET' })],
     ['htu of another server', () => proof({ htu: 'https://as.example.org/token' })],
     ['htu of another endpoint', () => proof({ htu: `${server.issuer}/token/introspection` })],

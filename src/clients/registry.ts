@@ -62,7 +62,7 @@ function toRecord(row: ClientRow, secrets: StoredSecret[]): ClientRecord {
     tlsSanDns: row.tls_san_dns,
     tlsSanUri: row.tls_san_uri,
     certificateBound: row.certificate_bound,
-    dpopBound: row.dpop_bound,
+    dpopBound: row.dpop_bound === true,
     introspectAudiences: row.introspect_audiences,
     enabled: row.enabled,
     secrets,
