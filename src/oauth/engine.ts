@@ -178,7 +178,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
       externalSigningSupport: { enabled: true, ack: 'experimental-01' },
       clientCredentials: { enabled: true },
       // DPoP-bound tokens (RFC 9449): bindings/dpop.ts.
-      dPoP: dpopFeature(),
+      dPoP: dpopFeature(settings, dpopNonceSecret),
       introspection: { enabled: false },
       revocation: { enabled: false },
       userinfo: { enabled: false },
@@ -293,7 +293,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
     return client;
   };
 
-  useDpop(provider, settings, dpopNonceSecret);
+  useDpop(provider, settings);
   useRemoteJwks(provider, { allowPrivate: settings.jwksUriAllowPrivate, caFile: settings.jwksUriCa }, logger);
 
   return provider;

@@ -43,14 +43,7 @@ declare module 'oidc-provider/lib/helpers/grants.js' {
   import type Provider from 'oidc-provider';
   import type { KoaContextWithOIDC } from 'oidc-provider';
 
-  // The DPoP helper wrapped there; the module exports more helpers, passed on untouched.
+  // The two DPoP wraps; the module exports more helpers, passed on untouched.
+  export function validateDpop(provider: Provider, ctx: KoaContextWithOIDC): Promise<{ thumbprint: string; jti: string; iat: number } | undefined>;
   export function checkDpopRequired(provider: Provider, ctx: KoaContextWithOIDC, dPoP: unknown, ErrorClass?: unknown): void;
-}
-// The engine's server nonces (HKDF of the current minute), for DPoP nonces every process agrees on.
-declare module 'oidc-provider/lib/helpers/challenge.js' {
-  export default class ServerChallenge {
-    constructor(secret: Buffer, info: string);
-    nextChallenge(): string;
-    checkChallenge(challenge: string): boolean;
-  }
 }
