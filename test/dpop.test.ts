@@ -16,7 +16,7 @@ import { Agent, fetch as undiciFetch, request } from 'undici';
 import { dpopKey, dpopProof, dpopThumbprint, type DpopKey } from '../examples/dpop-client.ts';
 import { checkDpopRequest, DpopRefused, type ResourceConfig } from '../examples/dpop-resource.ts';
 import {
-  addClient, createWorkspace, decodeJwtPart, ROOT, startServer, type RunningServer, type Workspace,
+  addClient, createWorkspace, decodeJwtPart, freePort, ROOT, startServer, type RunningServer, type Workspace,
 } from './helpers/server.ts';
 
 const API = 'https://api.example.test';
@@ -176,7 +176,7 @@ describe('a DPoP-bound token, end to end', () => {
     const [line] = await server.logLines((l) => l.event === 'token.issued' && l.jti === jti, 1);
     expect(line).toMatchObject({ client_id: 'svc', binding: 'dpop', jkt: await dpopThumbprint(key), bound: false });
     expect(JSON.stringify(line)).not.toContain(res.body.access_token);
-    const metrics = await (await server.fetch('/metrics')).text();
+    const metrics = await (await server.management('/metrics')).text();
     expect(metrics).toMatch(/^m2m_tokens_issued_total\{[^}]*client_id="svc"[^}]*binding="dpop"[^}]*\} [1-9]/m);
   });
 });
@@ -400,7 +400,7 @@ postgres('across workers and instances (PostgreSQL)', () => {
     ({ client_secret: pgSecret } = (await addClient(pgWorkspace, 'svc-pg', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string });
     workers = await startServer(pgWorkspace, { WORKERS: '2' });
     // The same ISSUER: the proof names the issuer's token endpoint, not this listener's port.
-    second = await startServer(pgWorkspace, { PORT: String(Number(pgWorkspace.env.PORT) + 1), MANAGEMENT_PORT: '0' });
+    second = await startServer(pgWorkspace, { PORT: String(await freePort()) });
   });
 
   afterAll(async () => {
