@@ -28,6 +28,7 @@ import { openDatabase, type OpenDatabase } from './storage/database.ts';
 import { databaseAnswered } from './storage/errors.ts';
 import { CLIENT_CHANNEL, listen, REVOCATION_CHANNEL, type Listener } from './storage/notifications.ts';
 import { ReplayStore } from './storage/replay.ts';
+import { sharedSecret } from './storage/shared-secrets.ts';
 import { RevocationStore } from './storage/revocations.ts';
 
 const DEMO = { clientId: 'demo', audience: 'https://api.example.com', scopes: ['read', 'write'] };
@@ -159,8 +160,10 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       windowSeconds: settings.authFailureWindow,
     }, database.embedded ? undefined : database.db);
     const lifecycle: Lifecycle = { draining: false, inFlight: 0 };
+    // Read once: every process and instance signs and checks DPoP nonces with this one secret.
+    const dpopNonceSecret = settings.dpopNonce ? await sharedSecret(database.db, 'dpop_nonce') : undefined;
     const deps = {
-      settings, registry, replay, revocations, logger, certificates, bruteForce, metrics, lifecycle,
+      settings, registry, replay, revocations, logger, certificates, bruteForce, metrics, lifecycle, dpopNonceSecret,
       pingDatabase: async () => {
         await database.db.raw('select 1').timeout(2000);
         databaseAnswered();

@@ -6,7 +6,7 @@ import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefault
 
 export interface Metrics {
   registry: Registry;
-  tokensIssued: Counter<'client_id' | 'method'>;
+  tokensIssued: Counter<'client_id' | 'method' | 'binding'>;
   refusals: Counter<'endpoint' | 'error' | 'reason'>;
   requestDuration: Histogram<'endpoint' | 'status'>;
   keyAge: Gauge<'kid' | 'state'>;
@@ -72,7 +72,7 @@ export function createMetrics(): Metrics {
       }
       child.observe(seconds);
     },
-    tokensIssued: new Counter({ name: 'm2m_tokens_issued_total', help: 'Access tokens issued', labelNames: ['client_id', 'method'], registers: [registry] }),
+    tokensIssued: new Counter({ name: 'm2m_tokens_issued_total', help: 'Access tokens issued, by client, authentication method and binding (bearer, certificate, dpop, certificate+dpop)', labelNames: ['client_id', 'method', 'binding'], registers: [registry] }),
     refusals: new Counter({ name: 'm2m_refusals_total', help: 'Requests refused, by endpoint, error code and internal reason', labelNames: ['endpoint', 'error', 'reason'], registers: [registry] }),
     // Read at collection, so that every worker's values are current when the primary gathers them.
     keyAge: new Gauge({

@@ -71,6 +71,13 @@ export interface Settings {
   authFailureWindow: number;
   /** DB_OUTAGE_GRACE_SECONDS: while the database is unreachable, a client fetched this recently keeps getting tokens. */
   dbOutageGraceSeconds: number;
+  /**
+   * DPOP_NONCE: the token endpoint demands a server nonce in every DPoP proof (RFC 9449 §8),
+   * answering `400 use_dpop_nonce` with a `DPoP-Nonce` header first. Off by default: each
+   * client then pays one more round trip per nonce period, while replay is already stopped
+   * by single-use jti and pre-made proofs by the 60 s iat window.
+   */
+  dpopNonce: boolean;
   /** WORKERS: server processes (`auto`: one per core); the embedded database allows 1. */
   workers: number;
   /** LOG_LEVEL: pino level of the JSON logs on stdout. */
@@ -239,6 +246,7 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     authFailureAddressLimit: integer(env, 'AUTH_FAILURE_ADDRESS_LIMIT', 100, 1, 1000000),
     authFailureWindow: integer(env, 'AUTH_FAILURE_WINDOW', 300, 1, 86400),
     dbOutageGraceSeconds: integer(env, 'DB_OUTAGE_GRACE_SECONDS', 300, 0, 86400),
+    dpopNonce: bool(env, 'DPOP_NONCE', false),
     workers,
     logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const),
     logBufferKb: integer(env, 'LOG_BUFFER_KB', 16384, 64, 262144),

@@ -33,6 +33,7 @@ interface AddOptions {
   sanUri?: string;
   cert?: string;
   bound?: boolean;
+  dpop?: boolean;
   introspect?: string;
   json?: boolean;
 }
@@ -60,6 +61,7 @@ async function addClient(id: string, options: AddOptions): Promise<void> {
     scopes: check.scopes(options.scope),
     ttl: options.ttl === undefined ? undefined : check.seconds('--ttl', options.ttl, 1, settings.maxAccessTokenTtl),
     certificateBound: options.bound === true,
+    dpopBound: options.dpop === true,
     introspectAudiences: options.introspect ? check.uriList('--introspect', options.introspect) : [],
   };
   const opts = options as unknown as Record<string, unknown>;
@@ -121,6 +123,7 @@ program.command('add <client_id>')
   .option('--san-uri <uri>', 'tls_client_auth: certificate URI subjectAltName')
   .option('--cert <pem file>', 'self_signed_tls_client_auth: the client\'s certificate')
   .option('--bound', 'certificate-bound tokens (RFC 8705 cnf.x5t#S256)')
+  .option('--dpop', 'DPoP-bound tokens only: a token request without a DPoP proof is refused (RFC 9449 cnf.jkt)')
   .option('--introspect <uris>', 'this client may introspect tokens for these audiences')
   .option('--json', 'print one JSON object')
   .action((id: string, options: AddOptions) => run(() => addClient(id, options)));
@@ -170,6 +173,7 @@ program.command('list')
         ttl: c.ttl,
         enabled: c.enabled,
         bound: c.certificateBound,
+        dpop: c.dpopBound,
         introspect: c.introspectAudiences,
       }));
       if (options.json) {
@@ -178,7 +182,7 @@ program.command('list')
       }
       if (!rows.length) process.stdout.write('no clients\n');
       for (const r of rows) {
-        process.stdout.write(`${r.client_id}  ${r.auth}  ${r.enabled ? 'enabled' : 'DISABLED'}  aud=${r.audiences.join(',')}  scope="${r.scopes.join(' ')}"${r.ttl ? `  ttl=${r.ttl}` : ''}${r.bound ? '  bound' : ''}${r.introspect.length ? `  introspect=${r.introspect.join(',')}` : ''}\n`);
+        process.stdout.write(`${r.client_id}  ${r.auth}  ${r.enabled ? 'enabled' : 'DISABLED'}  aud=${r.audiences.join(',')}  scope="${r.scopes.join(' ')}"${r.ttl ? `  ttl=${r.ttl}` : ''}${r.bound ? '  bound' : ''}${r.dpop ? '  dpop' : ''}${r.introspect.length ? `  introspect=${r.introspect.join(',')}` : ''}\n`);
       }
     } finally {
       await database.close();

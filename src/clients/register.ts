@@ -15,6 +15,7 @@ export interface NewClient {
   tlsSanDns?: string | undefined;
   tlsSanUri?: string | undefined;
   certificateBound?: boolean;
+  dpopBound?: boolean;
   introspectAudiences?: string[];
 }
 
@@ -31,6 +32,7 @@ export function clientRow(client: NewClient): Record<string, unknown> {
     tls_san_dns: client.tlsSanDns ?? null,
     tls_san_uri: client.tlsSanUri ?? null,
     certificate_bound: client.certificateBound ?? false,
+    dpop_bound: client.dpopBound ?? false,
     introspect_audiences: client.introspectAudiences ?? [],
   };
 }

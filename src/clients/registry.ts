@@ -25,6 +25,8 @@ export interface ClientRecord {
   tlsSanDns: string | null;
   tlsSanUri: string | null;
   certificateBound: boolean;
+  /** `--dpop`: every token request must carry a DPoP proof (RFC 9449). */
+  dpopBound: boolean;
   introspectAudiences: string[];
   enabled: boolean;
   secrets: StoredSecret[];
@@ -42,6 +44,7 @@ interface ClientRow {
   tls_san_dns: string | null;
   tls_san_uri: string | null;
   certificate_bound: boolean;
+  dpop_bound: boolean;
   introspect_audiences: string[];
   enabled: boolean;
 }
@@ -59,6 +62,7 @@ function toRecord(row: ClientRow, secrets: StoredSecret[]): ClientRecord {
     tlsSanDns: row.tls_san_dns,
     tlsSanUri: row.tls_san_uri,
     certificateBound: row.certificate_bound,
+    dpopBound: row.dpop_bound === true,
     introspectAudiences: row.introspect_audiences,
     enabled: row.enabled,
     secrets,

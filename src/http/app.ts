@@ -37,6 +37,8 @@ export interface AppDeps {
   metrics: Metrics;
   /** Shared with the shutdown logic: requests in flight, and whether the server is draining. */
   lifecycle: Lifecycle;
+  /** DPoP nonces' secret, read from the database at start (DPOP_NONCE=true only). */
+  dpopNonceSecret?: Buffer | undefined;
 }
 
 export interface Lifecycle {
@@ -185,7 +187,7 @@ function recordRefusals(provider: Provider, logger: Logger): void {
 /** Builds the whole app for one key set; rebuilt when the signing keys change. */
 export function buildApp(deps: AppDeps, keys: KeySet): Provider {
   const { settings, registry, replay, revocations, logger, certificates } = deps;
-  const provider = createEngine({ settings, registry, replay, keys, certificates, logger, bruteForce: deps.bruteForce });
+  const provider = createEngine({ settings, registry, replay, keys, certificates, logger, bruteForce: deps.bruteForce, dpopNonceSecret: deps.dpopNonceSecret });
   const verifier = tokenVerifier(settings.issuer, keys);
   const tokenDeps = { verify: () => verifier, registry, revocations };
   // Serialised once per key set: these answers are the same for every caller.

@@ -1,7 +1,8 @@
 // One audit line per token issued and per refusal, and the matching metrics. The line
-// names the client, the method, the audience, scope, jti and kid, or the internal reason
-// of a refusal; never a secret, an assertion, a certificate or a token. No token leaves
-// without its line: one whose line the log could not keep is withheld.
+// names the client, the method, the audience, scope, jti, kid and binding (and the DPoP
+// key's thumbprint, which is public), or the internal reason of a refusal; never a secret,
+// an assertion, a certificate or a token. No token leaves without its line: one whose line
+// the log could not keep is withheld.
 import type { Context } from 'koa';
 
 import { lineKept, type Logger } from '../log.ts';
@@ -22,6 +23,14 @@ export interface Issued {
   scope?: string | undefined;
   resourceServer?: { audience?: string } | undefined;
   'x5t#S256'?: string | undefined;
+  /** The DPoP proof key's RFC 7638 thumbprint, when the token is DPoP-bound. */
+  jkt?: string | undefined;
+}
+
+/** What a token is bound to: `bearer`, `certificate`, `dpop`, or `certificate+dpop`. */
+export function bindingOf(token: Issued): string {
+  const bindings = [token['x5t#S256'] && 'certificate', token.jkt && 'dpop'].filter(Boolean);
+  return bindings.length ? bindings.join('+') : 'bearer';
 }
 
 export function recordIssued(ctx: Context, token: Issued): void {
@@ -88,12 +97,13 @@ export function audit(ctx: Context, logger: Logger, metrics: Metrics, address: s
   const issued = (ctx.state as { [ISSUED]?: Issued })[ISSUED];
   if (endpoint && ctx.status === 200 && issued) {
     const method = methodOf(ctx) ?? 'unknown';
+    const binding = bindingOf(issued);
     const kept = lineKept(logger, () => logger.info({
       event: 'token.issued', client_id: issued.clientId, method, aud: issued.resourceServer?.audience, scope: issued.scope,
-      jti: issued.jti, kid, bound: issued['x5t#S256'] !== undefined, address, latency_ms: Math.round(latencyMs * 10) / 10,
+      jti: issued.jti, kid, bound: issued['x5t#S256'] !== undefined, binding, ...(issued.jkt ? { jkt: issued.jkt } : {}), address, latency_ms: Math.round(latencyMs * 10) / 10,
     }, 'token issued'));
     if (kept) {
-      metrics.tokensIssued.inc({ client_id: issued.clientId, method });
+      metrics.tokensIssued.inc({ client_id: issued.clientId, method, binding });
     } else {
       // stdout has not been read for as long as the log buffer lasts, or is gone: the token stays here.
       recordRefusal(ctx, 'the audit line could not be kept (stdout is not read); token withheld');

@@ -24,7 +24,7 @@ export interface AccessTokenClaims extends JWTPayload {
   sub: string;
   aud: string | string[];
   scope?: string;
-  cnf?: { 'x5t#S256'?: string };
+  cnf?: { 'x5t#S256'?: string; jkt?: string };
 }
 
 export type TokenVerifier = (token: string) => Promise<AccessTokenClaims | undefined>;

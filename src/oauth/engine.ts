@@ -10,6 +10,7 @@ import { CLIENT_ID_PATTERN } from '../clients/validate.ts';
 import type { KeySet } from '../keys/signing-keys.ts';
 import type { Settings } from '../settings.ts';
 import type { Logger } from '../log.ts';
+import { DPOP_ALGS, dpopFeature, useDpop } from './bindings/dpop.ts';
 import type { BruteForce } from './brute-force.ts';
 import type { CertificateHooks } from './client-certificates.ts';
 import { useRemoteJwks } from './jwks-uri.ts';
@@ -57,6 +58,8 @@ export interface EngineDeps {
   logger?: Logger;
   /** Brute-force limits, checked when the engine looks a client up. */
   bruteForce?: BruteForce;
+  /** DPoP nonces' secret, the same in every process (needed with DPOP_NONCE=true). */
+  dpopNonceSecret?: Buffer | undefined;
 }
 
 /** What the engine keeps about a client beyond standard metadata. */
@@ -83,6 +86,7 @@ function engineMetadata(record: ClientRecord): AdapterPayload {
     response_types: [],
     redirect_uris: [],
     tls_client_certificate_bound_access_tokens: record.certificateBound,
+    dpop_bound_access_tokens: record.dpopBound,
     m2m_audiences: record.audiences,
     m2m_scopes: record.scopes,
     m2m_ttl: record.ttl,
@@ -147,7 +151,7 @@ function tokenTtl(settings: Settings, client: EngineClient | undefined): number 
   return Math.min(client?.m2m_ttl ?? settings.accessTokenTtl, settings.maxAccessTokenTtl);
 }
 
-export function createEngine({ settings, registry, replay, keys, certificates, logger, bruteForce }: EngineDeps): Provider {
+export function createEngine({ settings, registry, replay, keys, certificates, logger, bruteForce, dpopNonceSecret }: EngineDeps): Provider {
   const signer = keys.signer;
   if (!signer?.privateKey) throw new Error('no signing key: run `npm run keys -- generate`');
 
@@ -159,6 +163,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
     enabledJWA: {
       clientAuthSigningAlgValues: ASSERTION_ALGS as never,
       idTokenSigningAlgValues: ['RS256'],
+      dPoPSigningAlgValues: [...DPOP_ALGS],
     },
     clockTolerance: CLOCK_TOLERANCE,
     scopes: ['openid'],
@@ -172,9 +177,8 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
       devInteractions: { enabled: false },
       externalSigningSupport: { enabled: true, ack: 'experimental-01' },
       clientCredentials: { enabled: true },
-      // Not advertised and not checked by introspection: a DPoP proof gets an error, not a
-      // token whose binding no resource API would enforce.
-      dPoP: { enabled: false },
+      // DPoP-bound tokens (RFC 9449): bindings/dpop.ts.
+      dPoP: dpopFeature(settings, dpopNonceSecret),
       introspection: { enabled: false },
       revocation: { enabled: false },
       userinfo: { enabled: false },
@@ -255,8 +259,9 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
   const audiences = new Set([settings.issuer, `${settings.issuer}/token`]);
   provider.OIDCContext.prototype.clientJwtAuthExpectedAudience = () => audiences;
 
-  // One atomic INSERT decides first use of an assertion's jti; the engine's default
-  // (find, then insert) would let concurrent replays through.
+  // One atomic INSERT decides first use of an assertion's jti (and of a DPoP proof's:
+  // bindings/dpop.ts); the engine's default (find, then insert) would let concurrent
+  // replays through.
   provider.ReplayDetection.unique = (iss: string, jti: string, exp: number) => unlessStorageDown(() => replay.claim(`${iss}\u0000${jti}`, exp));
 
   // Where the engine looks a client up, before it checks any credential: first the brute-
@@ -288,6 +293,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
     return client;
   };
 
+  useDpop(provider, settings);
   useRemoteJwks(provider, { allowPrivate: settings.jwksUriAllowPrivate, caFile: settings.jwksUriCa }, logger);
 
   return provider;

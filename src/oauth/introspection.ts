@@ -65,7 +65,8 @@ export function introspection(deps: TokenCheckDeps): Middleware {
       exp: claims.exp,
       iat: claims.iat,
       jti: claims.jti,
-      token_type: 'Bearer',
+      // RFC 9449 §6.2: a DPoP-bound token says so, and cnf.jkt names its key.
+      token_type: claims.cnf?.jkt ? 'DPoP' : 'Bearer',
       ...(claims.cnf ? { cnf: claims.cnf } : {}),
     };
   };

@@ -28,3 +28,22 @@ declare module 'oidc-provider/lib/helpers/als.js' {
   const als: AsyncLocalStorage<unknown>;
   export default als;
 }
+// The engine's client_credentials grant and the helpers it is given, so that DPoP
+// (src/oauth/bindings/dpop.ts) can register it again with two helpers of its own.
+declare module 'oidc-provider/lib/actions/grants/client_credentials.js' {
+  import type Provider from 'oidc-provider';
+  import type { KoaContextWithOIDC } from 'oidc-provider';
+
+  /** `helpers`: every export of lib/helpers/grants.js, bound to the provider. */
+  export function handler(provider: Provider, helpers: Record<string, unknown>, ctx: KoaContextWithOIDC): Promise<void>;
+  export const parameters: Set<string>;
+  export const grantType: string;
+}
+declare module 'oidc-provider/lib/helpers/grants.js' {
+  import type Provider from 'oidc-provider';
+  import type { KoaContextWithOIDC } from 'oidc-provider';
+
+  // The two DPoP wraps; the module exports more helpers, passed on untouched.
+  export function validateDpop(provider: Provider, ctx: KoaContextWithOIDC): Promise<{ thumbprint: string; jti: string; iat: number } | undefined>;
+  export function checkDpopRequired(provider: Provider, ctx: KoaContextWithOIDC, dPoP: unknown, ErrorClass?: unknown): void;
+}

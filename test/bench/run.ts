@@ -2,7 +2,7 @@
 // measured in turns in one run. The servers are pinned to core 0 and the load generator
 // (this process) to core 1 where taskset exists. Writes test/bench/results/latest.{json,md,svg}.
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createPrivateKey, generateKeyPairSync, randomUUID, sign } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, randomUUID, sign, type KeyObject } from 'node:crypto';
 import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -139,6 +139,16 @@ function assertions(count: number, clientId: string, audience: string, keyPem: s
   });
 }
 
+/** Pre-signed, unique DPoP proofs for POST `htu` with one ES256 key (the client's cost). */
+function dpopProofs(count: number, htu: string, key: { privateKey: KeyObject; publicKey: KeyObject }): string[] {
+  const header = Buffer.from(JSON.stringify({ typ: 'dpop+jwt', alg: 'ES256', jwk: key.publicKey.export({ format: 'jwk' }) })).toString('base64url');
+  const iat = Math.floor(Date.now() / 1000);
+  return Array.from({ length: count }, () => {
+    const input = `${header}.${Buffer.from(JSON.stringify({ htm: 'POST', htu, jti: randomUUID(), iat })).toString('base64url')}`;
+    return `${input}.${sign('sha256', Buffer.from(input), { key: key.privateKey, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`;
+  });
+}
+
 async function setup(): Promise<{ workspace: Workspace; secrets: Record<string, string>; jwtKeys: Record<'ES256' | 'RS256', string>; mtls: { cert: string; key: string } }> {
   const workspace = await createWorkspace({ LOG_LEVEL: 'info', AUTH_FAILURE_LIMIT: '100000', AUTH_FAILURE_ADDRESS_LIMIT: '1000000' });
   await ensureDevTls(workspace.keysDir);
@@ -217,10 +227,20 @@ async function main(): Promise<void> {
         }],
       });
     };
-    const rounds: Record<'base' | 'basic' | 'jwt' | 'jwtRs' | 'mtls' | 'jwks' | 'introspection', Measure[]> = { base: [], basic: [], jwt: [], jwtRs: [], mtls: [], jwks: [], introspection: [] };
+    const dpopKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const rounds: Record<'base' | 'basic' | 'dpop' | 'jwt' | 'jwtRs' | 'mtls' | 'jwks' | 'introspection', Measure[]> = { base: [], basic: [], dpop: [], jwt: [], jwtRs: [], mtls: [], jwks: [], introspection: [] };
     const runs: Record<keyof typeof rounds, () => Promise<Measure>> = {
       base: () => load('bare engine, Basic', baselineBasic),
       basic: () => load('ours, Basic', oursBasic),
+      // Basic with a DPoP proof: fresh each round (a proof is good for 60 s), never one twice.
+      dpop: () => {
+        const pool = dpopProofs(Math.ceil(SECONDS * 3000), oursUrl, dpopKey);
+        let next = 0;
+        return load('ours, Basic + DPoP (ES256 proof)', {
+          url: oursUrl, tlsOptions: tls,
+          requests: [{ method: 'POST', body: GRANT, setupRequest: (request) => ({ ...request, headers: { ...FORM, authorization: oursAuth, dpop: pool[next++]! } }) }],
+        });
+      },
       jwt: jwtRun('ours, private_key_jwt (ES256)', 'bench-jwt', 'ES256'),
       jwtRs: jwtRun('ours, private_key_jwt (RS256)', 'bench-jwt-rs', 'RS256'),
       mtls: () => load('ours, tls_client_auth (keep-alive)', {
@@ -235,7 +255,7 @@ async function main(): Promise<void> {
         }],
       }),
     };
-    const order: (keyof typeof rounds)[] = ['base', 'basic', 'jwt', 'jwtRs', 'mtls', 'jwks', 'introspection'];
+    const order: (keyof typeof rounds)[] = ['base', 'basic', 'dpop', 'jwt', 'jwtRs', 'mtls', 'jwks', 'introspection'];
     for (let round = 1; round <= ROUNDS; round += 1) {
       log(`round ${round}`);
       // Each round starts with a different run, so none gains from the order; ratios are
@@ -247,6 +267,7 @@ async function main(): Promise<void> {
     }
     const base = combine('bare engine, Basic', rounds.base);
     const basic = combine('ours, Basic', rounds.basic);
+    const dpop = combine('ours, Basic + DPoP (ES256 proof)', rounds.dpop);
     const jwt = combine('ours, private_key_jwt (ES256)', rounds.jwt);
     const jwtRs = combine('ours, private_key_jwt (RS256)', rounds.jwtRs);
     const mtlsRun = combine('ours, tls_client_auth (keep-alive)', rounds.mtls);
@@ -319,7 +340,7 @@ async function main(): Promise<void> {
       machine: { cpu: cpus()[0]?.model, cores: cpus().length, memory_gb: Math.round(totalmem() / 2 ** 30), node: process.version, pinned: hasTaskset },
       settings: { connections: CONNECTIONS, seconds_per_run: SECONDS, rounds: ROUNDS, pairs: PAIRS, seconds_per_pair_run: PAIR_SECONDS },
       ceiling,
-      runs: { base, basic, jwt, jwt_rs256: jwtRs, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds },
+      runs: { base, basic, dpop, jwt, jwt_rs256: jwtRs, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds },
       basic_vs_baseline_pairs: pairRatios.map(round2),
       // Throughput ratios: the median of the ratios within each round (or each pair).
       ratios: {
@@ -327,6 +348,7 @@ async function main(): Promise<void> {
         basic_vs_baseline_paired: round2(median(pairRatios)),
         basic_vs_rsa_ceiling: ratio(basic.requests_per_second, ceiling.signatures_per_second),
         p99_vs_baseline: round2(perRound(rounds.basic, rounds.base, (m) => m.p99_ms)),
+        dpop_vs_basic: round2(perRound(rounds.dpop, rounds.basic, (m) => m.requests_per_second)),
         private_key_jwt_vs_basic: round2(perRound(rounds.jwt, rounds.basic, (m) => m.requests_per_second)),
         private_key_jwt_rs256_vs_basic: round2(perRound(rounds.jwtRs, rounds.basic, (m) => m.requests_per_second)),
         mtls_vs_basic: round2(perRound(rounds.mtls, rounds.basic, (m) => m.requests_per_second)),
@@ -349,25 +371,25 @@ interface Report {
   machine: { cpu: string; cores: number; memory_gb: number; node: string; pinned: boolean };
   settings: { connections: number; seconds_per_run: number; rounds: number; pairs: number; seconds_per_pair_run: number };
   ceiling: { signatures_per_second: number; jwts_per_second: number };
-  runs: Record<'base' | 'basic' | 'jwt' | 'jwt_rs256' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure> & { rounds: unknown };
+  runs: Record<'base' | 'basic' | 'dpop' | 'jwt' | 'jwt_rs256' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure> & { rounds: unknown };
   ratios: Record<string, number>;
   memory_mb: Record<string, number>;
 }
 
 function writeReports(report: Report): void {
   const { runs, ratios, memory_mb: memory, ceiling, machine, settings } = report;
-  const rows = [runs.base, runs.basic, runs.jwt, runs.jwt_rs256, runs.mtls, runs.mtls_reconnect, runs.jwks, runs.introspection, runs.two_workers];
+  const rows = [runs.base, runs.basic, runs.dpop, runs.jwt, runs.jwt_rs256, runs.mtls, runs.mtls_reconnect, runs.jwks, runs.introspection, runs.two_workers];
   const md = [
     `Measured ${report.date.slice(0, 10)} on ${machine.cores} × ${machine.cpu}, ${machine.memory_gb} GiB, Node ${machine.node}; `
       + `${machine.pinned ? 'server on core 0, load generator on core 1' : 'unpinned'}; ${settings.connections} connections, `
-      + `${settings.seconds_per_run} s per run after a 5 s warm-up; the bare engine, Basic, private_key_jwt (ES256 and RS256 assertions), mTLS, /jwks and introspection (256 distinct tokens) run in turn in ${settings.rounds} rounds (medians shown); PostgreSQL on the same machine.`,
+      + `${settings.seconds_per_run} s per run after a 5 s warm-up; the bare engine, Basic, Basic with a DPoP proof, private_key_jwt (ES256 and RS256 assertions), mTLS, /jwks and introspection (256 distinct tokens) run in turn in ${settings.rounds} rounds (medians shown); PostgreSQL on the same machine.`,
     '',
     '| run | requests/s | p50 ms | p99 ms | non-2xx |',
     '|---|---:|---:|---:|---:|',
     `| RSA-2048 ceiling (signatures/s on one core; complete JWTs/s: ${ceiling.jwts_per_second}) | ${ceiling.signatures_per_second} | | | |`,
     ...rows.map((r) => `| ${r.name} | ${r.requests_per_second} | ${r.p50_ms} | ${r.p99_ms} | ${r.non_2xx + r.errors} |`),
     '',
-    `Ratios (within each round, median): Basic / bare engine **${ratios.basic_vs_baseline}** (from ${settings.pairs} alternating pairs of ${settings.seconds_per_pair_run} s runs: **${ratios.basic_vs_baseline_paired}**), p99 / bare engine ${ratios.p99_vs_baseline}, `
+    `Ratios (within each round, median): Basic / bare engine **${ratios.basic_vs_baseline}** (from ${settings.pairs} alternating pairs of ${settings.seconds_per_pair_run} s runs: **${ratios.basic_vs_baseline_paired}**), p99 / bare engine ${ratios.p99_vs_baseline}, DPoP / Basic ${ratios.dpop_vs_basic}, `
       + `private_key_jwt / Basic ${ratios.private_key_jwt_vs_basic} with ES256 assertions and ${ratios.private_key_jwt_rs256_vs_basic} with RS256, mTLS / Basic ${ratios.mtls_vs_basic}. `
       + `Basic / RSA ceiling **${ratios.basic_vs_rsa_ceiling}**, /jwks / RSA ceiling ${ratios.jwks_vs_rsa_ceiling}, introspection / RSA ceiling ${ratios.introspection_vs_rsa_ceiling}, `
       + `WORKERS=2 / one pinned worker ${ratios.two_workers_vs_one}.`,
