@@ -58,14 +58,9 @@ function clientCaFile(settings: Settings): string | undefined {
 
 async function tlsMaterial(settings: Settings): Promise<TlsMaterial | undefined> {
   if (settings.tlsMode === 'proxy') return undefined;
-  // The handshake must trust exactly the CAs the code trusts (client-certificates.ts): with
-  // no `ca`, Node would verify client certificates against the public roots.
-  const clientCa = clientCaFile(settings);
-  if (settings.tlsCert && settings.tlsKey) {
-    return readTlsMaterial({ cert: settings.tlsCert, key: settings.tlsKey, clientCa });
-  }
+  if (settings.tlsCert && settings.tlsKey) return readTlsMaterial({ cert: settings.tlsCert, key: settings.tlsKey });
   const dev = await ensureDevTls(settings.keysDir);
-  return readTlsMaterial({ cert: dev.serverCert, key: dev.serverKey, clientCa });
+  return readTlsMaterial({ cert: dev.serverCert, key: dev.serverKey });
 }
 
 async function createDemoClient(settings: Settings, database: OpenDatabase, logger: Logger): Promise<void> {

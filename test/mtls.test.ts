@@ -1,12 +1,15 @@
 // Mutual-TLS client authentication (RFC 8705) on the one HTTPS listener: tls_client_auth
 // (chain to TLS_CLIENT_CA, then subject DN or SAN), self_signed_tls_client_auth (the
-// registered certificate), certificate-bound tokens, and TLS session resumption.
+// registered certificate), certificate-bound tokens, and TLS session resumption. The
+// handshake names no CA; chains are verified by the server's code against TLS_CLIENT_CA.
 import { execFile } from 'node:child_process';
-import { createHash, X509Certificate } from 'node:crypto';
+import { createHash, webcrypto, X509Certificate } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect } from 'node:tls';
 
+import 'reflect-metadata';
+import * as x509 from '@peculiar/x509';
 import * as oauth from 'openid-client';
 import { fetch as undiciFetch } from 'undici';
 
@@ -20,7 +23,8 @@ interface Pair { cert: string; key: string; certFile: string; keyFile: string }
 let workspace: Workspace;
 let server: RunningServer;
 let certsDir: string;
-const certs = {} as Record<'svcCli' | 'svcUri' | 'svcBound' | 'introspector' | 'acme' | 'rogue' | 'self' | 'otherSelf', Pair>;
+const certs = {} as Record<'svcCli' | 'svcUri' | 'svcBound' | 'introspector' | 'acme' | 'rogue' | 'self' | 'otherSelf'
+  | 'expired' | 'notYetValid' | 'timely' | 'underLeaf' | 'underDevIntermediate' | 'corp' | 'corpLeafOnly', Pair>;
 let basicBoundSecret: string;
 
 function run(command: string, args: string[]): Promise<string> {
@@ -64,6 +68,46 @@ async function opensslCert(name: string, subject: string, ca?: { cert: string; k
   return pair(name);
 }
 
+/** A CA certificate (openssl), optionally under `issuer`, with an optional path length. */
+async function opensslCa(name: string, subject: string, issuer?: { cert: string; key: string }, pathlen?: number): Promise<{ cert: string; key: string }> {
+  const keyFile = join(certsDir, `${name}.key`);
+  const certFile = join(certsDir, `${name}.crt`);
+  const constraints = `basicConstraints=critical,CA:TRUE${pathlen === undefined ? '' : `,pathlen:${pathlen}`}`;
+  const newKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', keyFile, '-subj', subject];
+  if (issuer) {
+    const ext = join(certsDir, `${name}.ext`);
+    writeFileSync(ext, `${constraints}\nkeyUsage=critical,keyCertSign\n`);
+    const csr = join(certsDir, `${name}.csr`);
+    await run('openssl', ['req', '-new', ...newKey, '-out', csr]);
+    await run('openssl', ['x509', '-req', '-in', csr, '-CA', issuer.cert, '-CAkey', issuer.key, '-days', '2', '-extfile', ext, '-out', certFile]);
+  } else {
+    await run('openssl', ['req', '-x509', ...newKey, '-days', '2', '-addext', constraints, '-addext', 'keyUsage=critical,keyCertSign', '-out', certFile]);
+  }
+  return { cert: certFile, key: keyFile };
+}
+
+/** A client certificate from the development CA valid only between two instants (openssl cannot date one in the past). */
+async function devCaCertValid(name: string, notBefore: Date, notAfter: Date): Promise<Pair> {
+  const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
+  const caCert = new x509.X509Certificate(readFileSync(join(workspace.keysDir, 'dev-ca.crt'), 'utf8'));
+  const caKey = await webcrypto.subtle.importKey('pkcs8', x509.PemConverter.decodeFirst(readFileSync(join(workspace.keysDir, 'dev-ca.key'), 'utf8')), alg, false, ['sign']) as unknown as CryptoKey;
+  const keys = await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']) as unknown as CryptoKeyPair;
+  const cert = await x509.X509CertificateGenerator.create({
+    subject: `CN=${name}`, issuer: caCert.subject, notBefore, notAfter, signingAlgorithm: alg, publicKey: keys.publicKey, signingKey: caKey,
+    extensions: [new x509.BasicConstraintsExtension(false, undefined, true), new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])],
+  });
+  const certFile = join(certsDir, `${name}.crt`);
+  const keyFile = join(certsDir, `${name}.key`);
+  writeFileSync(certFile, cert.toString('pem'));
+  writeFileSync(keyFile, x509.PemConverter.encode(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey as unknown as webcrypto.CryptoKey), 'PRIVATE KEY'));
+  return pair(name);
+}
+
+/** The client's certificate followed by the CA certificates it sends along. */
+function withChain(leaf: Pair, ...chain: string[]): Pair {
+  return { ...leaf, cert: [leaf.cert, ...chain.map((file) => readFileSync(file, 'utf8'))].join('') };
+}
+
 function thumbprint(pem: string): string {
   return createHash('sha256').update(new X509Certificate(pem).raw).digest('base64url');
 }
@@ -93,6 +137,23 @@ beforeAll(async () => {
   certs.self = await opensslCert('self', '/CN=svc-self');
   certs.otherSelf = await opensslCert('other-self', '/CN=svc-self');
 
+  // Validity, by the server's code now that the handshake checks nothing.
+  const day = 86_400_000;
+  certs.expired = await devCaCertValid('svc-dated', new Date(Date.now() - 2 * day), new Date(Date.now() - day));
+  certs.notYetValid = await devCaCertValid('svc-dated-later', new Date(Date.now() + day), new Date(Date.now() + 2 * day));
+  certs.timely = await devCaCertValid('svc-dated-now', new Date(Date.now() - day), new Date(Date.now() + day));
+  // Chains: an end-entity certificate cannot issue (svc-cli's key signs svc-chain); the dev
+  // CA allows no intermediate (pathlen 0); a TLS_CLIENT_CA root without one does.
+  certs.underLeaf = withChain(await opensslCert('under-leaf', '/CN=svc-chain', { cert: certs.svcCli.certFile, key: certs.svcCli.keyFile }), certs.svcCli.certFile);
+  const devIntermediate = await opensslCa('dev-intermediate', '/CN=dev intermediate', devCa);
+  certs.underDevIntermediate = withChain(await opensslCert('under-dev-intermediate', '/CN=svc-chain', devIntermediate), devIntermediate.cert);
+  const corpRoot = await opensslCa('corp-root', '/CN=corp root');
+  const corpIntermediate = await opensslCa('corp-intermediate', '/CN=corp intermediate', corpRoot, 0);
+  certs.corpLeafOnly = await opensslCert('corp', '/CN=svc-corp', corpIntermediate);
+  certs.corp = withChain(certs.corpLeafOnly, corpIntermediate.cert);
+  const clientCaBundle = join(certsDir, 'client-ca-bundle.pem');
+  writeFileSync(clientCaBundle, readFileSync(devCa.cert, 'utf8') + readFileSync(corpRoot.cert, 'utf8'));
+
   await addClient(workspace, 'svc-cli', ['--auth', 'tls_client_auth', '--subject-dn', 'CN=svc-cli', '--audience', API, '--scope', 'orders:read']);
   await addClient(workspace, 'svc-uri', ['--auth', 'tls_client_auth', '--san-uri', 'urn:m2m-client:svc-uri', '--audience', API]);
   await addClient(workspace, 'svc-a', ['--auth', 'tls_client_auth', '--subject-dn', 'CN=svc-a,O=Acme', '--audience', API]);
@@ -103,7 +164,10 @@ beforeAll(async () => {
   await addClient(workspace, 'svc-bound', ['--auth', 'tls_client_auth', '--subject-dn', 'CN=svc-bound', '--audience', API, '--bound']);
   await addClient(workspace, 'rs-introspector', ['--auth', 'tls_client_auth', '--san-uri', 'urn:m2m-client:rs-introspector', '--audience', 'https://unused.example.test', '--introspect', API]);
   ({ client_secret: basicBoundSecret } = (await addClient(workspace, 'svc-basic-bound', ['--auth', 'client_secret_basic', '--audience', API, '--bound'])) as { client_secret: string });
-  server = await startServer(workspace);
+  for (const id of ['svc-dated', 'svc-dated-later', 'svc-dated-now', 'svc-chain', 'svc-corp']) {
+    await addClient(workspace, id, ['--auth', 'tls_client_auth', '--subject-dn', `CN=${id}`, '--audience', API]);
+  }
+  server = await startServer(workspace, { TLS_CLIENT_CA: clientCaBundle });
 });
 
 afterAll(async () => {
@@ -193,6 +257,37 @@ test('401 invalid_client: a certificate from an untrusted CA', async () => {
   expectClientAuthFailed(await token('svc-uri', certs.rogue));
 });
 
+test('the handshake asks for a certificate without naming a CA (so Go and Java clients send self-signed ones)', async () => {
+  const session = await new Promise<string>((done) => {
+    const child = execFile('openssl', ['s_client', '-connect', `127.0.0.1:${server.port}`, '-servername', 'localhost', '-CAfile', join(workspace.keysDir, 'dev-ca.crt')], (_err, stdout) => done(stdout));
+    child.stdin!.end();
+  });
+  expect(session).toMatch(/Verification: OK|Verify return code: 0/);
+  expect(session).toContain('No client certificate CA names sent');
+  expect(session).not.toContain('Acceptable client certificate CA names');
+});
+
+test('401 invalid_client: an expired or not yet valid certificate from TLS_CLIENT_CA', async () => {
+  expectClientAuthFailed(await token('svc-dated', certs.expired));
+  expectClientAuthFailed(await token('svc-dated-later', certs.notYetValid));
+  // The same making, dated now, passes: the dates are what failed.
+  expect((await token('svc-dated-now', certs.timely)).status).toBe(200);
+});
+
+test('401 invalid_client: a chain through a certificate that may not issue one', async () => {
+  // Signed by svc-cli's key, an end-entity certificate (CA:FALSE) that the client sends along.
+  expectClientAuthFailed(await token('svc-chain', certs.underLeaf));
+  // Through a CA certificate, but under the dev CA, whose path length allows none.
+  expectClientAuthFailed(await token('svc-chain', certs.underDevIntermediate));
+});
+
+test('a chain through an intermediate the client sends reaches a TLS_CLIENT_CA root; without it, 401', async () => {
+  const res = await token('svc-corp', certs.corp);
+  expect(res.status).toBe(200);
+  expect(decodeJwtPart(res.body.access_token, 1)).toMatchObject({ client_id: 'svc-corp' });
+  expectClientAuthFailed(await token('svc-corp', certs.corpLeafOnly));
+});
+
 test('401 invalid_client: no certificate', async () => {
   expectClientAuthFailed(await token('svc-cli'));
   expectClientAuthFailed(await token('svc-self'));
@@ -256,4 +351,12 @@ test('TLS sessions resume (TLS 1.3 tickets), and a resumed session still authent
   expect(second.reused).toBe(true);
   expect(second.status).toBe(200);
   expect(decodeJwtPart(second.body.access_token as string, 1).cnf).toEqual({ 'x5t#S256': thumbprint(certs.svcBound.cert) });
+});
+
+test('a resumed session of a client whose chain runs through an intermediate still authenticates', async () => {
+  const first = await tlsTokenRequest('svc-corp', certs.corp);
+  expect(first.status).toBe(200);
+  const second = await tlsTokenRequest('svc-corp', certs.corp, first.session);
+  expect(second.reused).toBe(true);
+  expect(second.status).toBe(200);
 });

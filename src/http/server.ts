@@ -19,7 +19,6 @@ export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 export interface TlsMaterial {
   cert: string;
   key: string;
-  clientCa?: string;
 }
 
 const LIMITS = {
@@ -32,12 +31,8 @@ const LIMITS = {
   connectionsCheckingInterval: 1000,
 };
 
-export function readTlsMaterial(paths: { cert: string; key: string; clientCa?: string | undefined }): TlsMaterial {
-  return {
-    cert: readFileSync(paths.cert, 'utf8'),
-    key: readFileSync(paths.key, 'utf8'),
-    ...(paths.clientCa ? { clientCa: readFileSync(paths.clientCa, 'utf8') } : {}),
-  };
+export function readTlsMaterial(paths: { cert: string; key: string }): TlsMaterial {
+  return { cert: readFileSync(paths.cert, 'utf8'), key: readFileSync(paths.key, 'utf8') };
 }
 
 /** The key an address is counted under: itself, or for IPv6 its /64 (one host's usual share). */
@@ -106,7 +101,9 @@ export function createServer(settings: Settings, handler: Handler, tls: TlsMater
       ...LIMITS,
       cert: tls.cert,
       key: tls.key,
-      ...(tls.clientCa ? { ca: tls.clientCa } : {}),
+      // No `ca`: the CertificateRequest then names no CA, and Go's crypto/tls and Java send
+      // any certificate they hold, self-signed ones included. Chains are verified against
+      // TLS_CLIENT_CA in client-certificates.ts.
       requestCert: true,
       rejectUnauthorized: false,
       minVersion: 'TLSv1.2',
