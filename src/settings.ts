@@ -55,6 +55,8 @@ export interface Settings {
   accessTokenTtl: number;
   /** MAX_ACCESS_TOKEN_TTL: cap on any client's TTL, seconds; also how long a retired key stays published. */
   maxAccessTokenTtl: number;
+  /** MAX_ASSERTION_LIFETIME: longest `exp - iat` and `exp - now` of a private_key_jwt assertion, seconds; its jti is kept until its exp. */
+  maxAssertionLifetime: number;
   /** JWKS_MAX_AGE: Cache-Control max-age of /jwks, seconds; a new key signs only after it was published this long. */
   jwksMaxAge: number;
   /** KEYS_RELOAD_SECONDS: how often a running server re-reads KEYS_DIR. */
@@ -238,6 +240,8 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     keysDir: resolve(env.KEYS_DIR || 'keys'),
     accessTokenTtl,
     maxAccessTokenTtl,
+    // 3600: what authlib and Google's libraries sign by default.
+    maxAssertionLifetime: integer(env, 'MAX_ASSERTION_LIFETIME', 3600, 60, 3600),
     jwksMaxAge: integer(env, 'JWKS_MAX_AGE', 300, 0, 86400),
     keysReloadSeconds: integer(env, 'KEYS_RELOAD_SECONDS', 30, 1, 60),
     clientCacheSeconds: integer(env, 'CLIENT_CACHE_SECONDS', 10, 0, 10),

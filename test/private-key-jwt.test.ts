@@ -141,6 +141,7 @@ beforeAll(async () => {
   // JWKS_URI_CA must name an existing file at start: make the development CA first.
   await ensureDevTls(privateWorkspace.keysDir);
   privateServer = await startServer(privateWorkspace, {
+    MAX_ASSERTION_LIFETIME: '120',
     JWKS_URI_ALLOW_PRIVATE: 'true',
     JWKS_URI_CA: join(privateWorkspace.keysDir, 'dev-ca.crt'),
   });
@@ -244,10 +245,23 @@ test('an expired assertion is refused', async () => {
   expect(await refused(await assertion(es, { iat: now - 120, exp: now - 60 }))).toMatch(/expired/);
 });
 
-test('an assertion valid for longer than 5 minutes is refused (300 s is accepted)', async () => {
+test('MAX_ASSERTION_LIFETIME (default 3600): an assertion valid for an hour, as authlib and Google sign them, is accepted once', async () => {
   const now = Math.floor(Date.now() / 1000);
-  expect((await tokenRequest(server, await assertion(es, { exp: now + 300 }))).status).toBe(200);
-  expect(await refused(await assertion(es, { exp: now + 400 }))).toMatch(/300 seconds at most/);
+  const hour = await assertion(es, { iat: now, exp: now + 3600 });
+  expect((await tokenRequest(server, hour)).status).toBe(200);
+  // Its jti is kept until its exp: the same assertion is refused for the rest of the hour.
+  expect(await refused(hour)).toMatch(/only be used once/);
+  // Without iat, exp alone is bounded.
+  expect((await tokenRequest(server, await assertion(es, { iat: undefined, exp: now + 3600 }))).status).toBe(200);
+});
+
+test('an assertion valid for longer than MAX_ASSERTION_LIFETIME is refused, by exp - now or by exp - iat', async () => {
+  const now = Math.floor(Date.now() / 1000);
+  // Beyond the hour and the 15 s clock tolerance.
+  expect(await refused(await assertion(es, { iat: undefined, exp: now + 3600 + 15 + 5 }))).toMatch(/3600 seconds at most/);
+  expect(await refused(await assertion(es, { iat: now, exp: now + 3601 }))).toMatch(/3600 seconds at most \(exp - iat\)/);
+  // Issued earlier, so exp is within the hour from now, but the assertion itself lives longer.
+  expect(await refused(await assertion(es, { iat: now - 600, exp: now + 3100 }))).toMatch(/exp - iat/);
 });
 
 test('an assertion without exp is refused', async () => {
@@ -293,12 +307,20 @@ test('a jwks_uri on a loopback address or a name resolving to one is refused whi
   expect(server.output()).toMatch(/"msg":"fetching a client's jwks_uri failed"/);
 });
 
-describe('jwks_uri with JWKS_URI_ALLOW_PRIVATE=true and JWKS_URI_CA', () => {
+describe('jwks_uri with JWKS_URI_ALLOW_PRIVATE=true and JWKS_URI_CA (and MAX_ASSERTION_LIFETIME=120)', () => {
   test('a jwks_uri client gets a token; the set is fetched once and cached', async () => {
     const res = await tokenRequest(privateServer, await assertion(remote, {}, {}, privateServer.issuer));
     expect(res.status).toBe(200);
     expect(res.body.access_token).toEqual(expect.any(String));
     expect((await tokenRequest(privateServer, await assertion(remote, {}, {}, privateServer.issuer))).status).toBe(200);
+    expect(hits.get('/svc-uri.json')).toBe(1);
+  });
+
+  test('MAX_ASSERTION_LIFETIME=120: 120 s is accepted, more is refused', async () => {
+    const now = Math.floor(Date.now() / 1000);
+    expect((await tokenRequest(privateServer, await assertion(remote, { iat: now, exp: now + 120 }, {}, privateServer.issuer))).status).toBe(200);
+    expect(await refused(await assertion(remote, { iat: now, exp: now + 121 }, {}, privateServer.issuer), privateServer)).toMatch(/120 seconds at most/);
+    expect(await refused(await assertion(remote, { iat: undefined, exp: now + 120 + 15 + 5 }, {}, privateServer.issuer), privateServer)).toMatch(/120 seconds at most/);
     expect(hits.get('/svc-uri.json')).toBe(1);
   });
 

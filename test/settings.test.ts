@@ -48,6 +48,8 @@ test.each([
   ['MANAGEMENT_PORT', { MANAGEMENT_PORT: '-1' }],
   ['MANAGEMENT_PORT', { PORT: '9100', MANAGEMENT_PORT: '9100' }],
   ['MANAGEMENT_HOST', { MANAGEMENT_HOST: '10.0.0.1/8' }],
+  ['MAX_ASSERTION_LIFETIME', { MAX_ASSERTION_LIFETIME: '3601' }],
+  ['MAX_ASSERTION_LIFETIME', { MAX_ASSERTION_LIFETIME: '59' }],
 ])('bad %s: one line naming it, exit 2, nothing created', async (name, env) => {
   const result = await start(env);
   expect(result.code).toBe(2);

@@ -20,8 +20,6 @@ import type { ReplayStore } from '../storage/replay.ts';
 
 /** Client-assertion algorithms: asymmetric only (no HS*, no none). */
 export const ASSERTION_ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
-/** Longest a client assertion may be valid for (RFC 7523 leaves this to the server). */
-export const MAX_ASSERTION_LIFETIME = 300;
 export const CLOCK_TOLERANCE = 15;
 
 export const AUTH_METHODS_SUPPORTED = [
@@ -228,10 +226,16 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
     ttl: {
       ClientCredentials: (_ctx, _token, client) => tokenTtl(settings, client as EngineClient),
     },
+    // RFC 7523 leaves an assertion's lifetime to the server; its jti is kept until its exp
+    // (ReplayDetection below), so the lifetime also bounds what the replay table holds.
     async assertJwtClientAuthClaimsAndHeader(_ctx, claims) {
       const now = Math.floor(Date.now() / 1000);
-      if (typeof claims.exp !== 'number' || claims.exp > now + MAX_ASSERTION_LIFETIME + CLOCK_TOLERANCE) {
-        throw new errors.InvalidClientAuth(`client assertions may be valid for ${MAX_ASSERTION_LIFETIME} seconds at most`);
+      const longest = settings.maxAssertionLifetime;
+      if (typeof claims.exp !== 'number' || claims.exp > now + longest + CLOCK_TOLERANCE) {
+        throw new errors.InvalidClientAuth(`client assertions may be valid for ${longest} seconds at most`);
+      }
+      if (claims.iat !== undefined && (typeof claims.iat !== 'number' || claims.exp - claims.iat > longest)) {
+        throw new errors.InvalidClientAuth(`client assertions may be valid for ${longest} seconds at most (exp - iat)`);
       }
       if (typeof claims.iat === 'number' && claims.iat > now + CLOCK_TOLERANCE) {
         throw new errors.InvalidClientAuth('client assertion issued in the future');
