@@ -264,6 +264,57 @@ test('an assertion valid for longer than MAX_ASSERTION_LIFETIME is refused, by e
   expect(await refused(await assertion(es, { iat: now - 600, exp: now + 3100 }))).toMatch(/exp - iat/);
 });
 
+describe('a client assertion that cannot be read, or names another client: 401 invalid_client, not 400', () => {
+  const b64 = (value: string) => Buffer.from(value).toString('base64url');
+  const unreadable: [string, () => Promise<Record<string, string>>][] = [
+    ['not a JWT', async () => ({ client_assertion: 'not-a-jwt' })],
+    ['a payload that is not JSON', async () => ({ client_assertion: `${b64('{"alg":"ES256"}')}.${b64('not json')}.${b64('sig')}` })],
+    ['a payload that is a JSON array', async () => ({ client_assertion: `${b64('{"alg":"ES256"}')}.${b64('["svc-es"]')}.${b64('sig')}` })],
+    ['two parts only', async () => ({ client_assertion: `${b64('{"alg":"ES256"}')}.${b64('{"sub":"svc-es"}')}` })],
+    ['sub is not the form\'s client_id', async () => ({ client_assertion: await assertion(es), client_id: 'svc-multi' })],
+    ['sub is not the form\'s client_id (an unknown one)', async () => ({ client_assertion: await assertion(es), client_id: 'nobody' })],
+  ];
+  const endpoints: [string, Record<string, string>][] = [
+    ['/token', { grant_type: 'client_credentials' }],
+    ['/token/introspection', { token: 'x.y.z' }],
+    ['/token/revocation', { token: 'x.y.z' }],
+  ];
+  test.each(endpoints)('%s', async (path, form) => {
+    for (const [what, make] of unreadable) {
+      const res = await server.post(path, { ...form, client_assertion_type: ASSERTION_TYPE, ...(await make()) });
+      try {
+        expectInvalidClient(res);
+      } catch (err) {
+        throw new Error(`${path}, ${what}: ${(err as Error).message}`);
+      }
+    }
+  });
+
+  test('the request\'s own errors stay 400 invalid_request', async () => {
+    const missingGrant = await server.post('/token', { client_assertion_type: ASSERTION_TYPE, client_assertion: await assertion(es) });
+    expect(missingGrant.status).toBe(400);
+    expect(missingGrant.body).toMatchObject({ error: 'invalid_request' });
+    const missingType = await server.post('/token', { grant_type: 'client_credentials', client_assertion: await assertion(es) });
+    expect(missingType.status).toBe(400);
+    expect(missingType.body).toMatchObject({ error: 'invalid_request' });
+    // Two mechanisms at once (Basic and an assertion), even with an unreadable assertion.
+    const both = await server.post('/token', { grant_type: 'client_credentials', client_assertion_type: ASSERTION_TYPE, client_assertion: 'not-a-jwt' }, { basic: ['svc-es', 'x'] });
+    expect(both.status).toBe(400);
+    expect(both.body).toMatchObject({ error: 'invalid_request' });
+    // An empty parameter is as if omitted (RFC 6749 section 3.1): no credentials at all.
+    const empty = await server.post('/token', { grant_type: 'client_credentials', client_assertion_type: ASSERTION_TYPE, client_assertion: '' });
+    expect(empty.status).toBe(400);
+    expect(empty.body).toMatchObject({ error: 'invalid_request' });
+  });
+
+  test('the reason is logged for the operator, and the answer says only that authentication failed', async () => {
+    const mismatch = await server.post('/token/introspection', { token: 'x.y.z', client_assertion_type: ASSERTION_TYPE, client_assertion: await assertion(es), client_id: 'svc-mismatch' });
+    expectInvalidClient(mismatch);
+    const lines = await server.logLines((l) => l.event === 'introspection.refused' && l.client_id === 'svc-mismatch', 1);
+    expect(lines[0]).toMatchObject({ error: 'invalid_client', reason: 'client_id mismatch', status: 401 });
+  });
+});
+
 test('an assertion without exp is refused', async () => {
   expect(await refused(await assertion(es, { exp: undefined }))).toMatch(/expiration must be specified/);
 });

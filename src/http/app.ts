@@ -14,7 +14,7 @@ import type { ReplayStore } from '../storage/replay.ts';
 import type { RevocationStore } from '../storage/revocations.ts';
 import { tokenVerifier } from '../oauth/access-tokens.ts';
 import type { CertificateHooks } from '../oauth/client-certificates.ts';
-import { authenticatedClient } from '../oauth/client-auth.ts';
+import { authenticatedClient, unreadableAssertionIsInvalidClient } from '../oauth/client-auth.ts';
 import { metadata } from '../oauth/discovery.ts';
 import { createEngine } from '../oauth/engine.ts';
 import { introspection } from '../oauth/introspection.ts';
@@ -106,6 +106,7 @@ function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
     ctx.set('strict-transport-security', 'max-age=63072000');
     try {
       await guarded(ctx, next);
+      if (AUTHENTICATING.has(ctx.path)) unreadableAssertionIsInvalidClient(ctx);
     } catch (err) {
       logger.error({ err, path: ctx.path }, 'unhandled error');
       jsonError(ctx, 500, 'server_error', 'internal error');
