@@ -285,7 +285,7 @@ describe('a client assertion that cannot be read, or names another client: 401 i
       try {
         expectInvalidClient(res);
       } catch (err) {
-        throw new Error(`${path}, ${what}: ${(err as Error).message}`);
+        throw new Error(`${path}, ${what}: ${(err as Error).message}`, { cause: err });
       }
     }
   });
