@@ -24,7 +24,7 @@ let workspace: Workspace;
 let server: RunningServer;
 let certsDir: string;
 const certs = {} as Record<'svcCli' | 'svcUri' | 'svcBound' | 'introspector' | 'acme' | 'rogue' | 'self' | 'otherSelf'
-  | 'expired' | 'notYetValid' | 'timely' | 'underLeaf' | 'underDevIntermediate' | 'corp' | 'corpLeafOnly', Pair>;
+  | 'impostor' | 'impostorWithCa' | 'expired' | 'notYetValid' | 'timely' | 'underLeaf' | 'underDevIntermediate' | 'corp' | 'corpLeafOnly', Pair>;
 let basicBoundSecret: string;
 
 function run(command: string, args: string[]): Promise<string> {
@@ -86,14 +86,19 @@ async function opensslCa(name: string, subject: string, issuer?: { cert: string;
   return { cert: certFile, key: keyFile };
 }
 
-/** A client certificate from the development CA valid only between two instants (openssl cannot date one in the past). */
-async function devCaCertValid(name: string, notBefore: Date, notAfter: Date): Promise<Pair> {
-  const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
+const EC = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
+
+/**
+ * A client certificate in the dev CA's name, valid only between two instants (openssl cannot
+ * date one in the past), signed with the dev CA's key or with `signingKey` (an impostor's).
+ * No authority key identifier: the issuer is found by name, and only the signature can tell.
+ */
+async function inDevCaName(name: string, notBefore: Date, notAfter: Date, signingKey?: CryptoKey): Promise<Pair> {
   const caCert = new x509.X509Certificate(readFileSync(join(workspace.keysDir, 'dev-ca.crt'), 'utf8'));
-  const caKey = await webcrypto.subtle.importKey('pkcs8', x509.PemConverter.decodeFirst(readFileSync(join(workspace.keysDir, 'dev-ca.key'), 'utf8')), alg, false, ['sign']) as unknown as CryptoKey;
-  const keys = await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']) as unknown as CryptoKeyPair;
+  const caKey = signingKey ?? await webcrypto.subtle.importKey('pkcs8', x509.PemConverter.decodeFirst(readFileSync(join(workspace.keysDir, 'dev-ca.key'), 'utf8')), EC, false, ['sign']) as unknown as CryptoKey;
+  const keys = await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify']) as unknown as CryptoKeyPair;
   const cert = await x509.X509CertificateGenerator.create({
-    subject: `CN=${name}`, issuer: caCert.subject, notBefore, notAfter, signingAlgorithm: alg, publicKey: keys.publicKey, signingKey: caKey,
+    subject: `CN=${name}`, issuer: caCert.subject, notBefore, notAfter, signingAlgorithm: EC, publicKey: keys.publicKey, signingKey: caKey,
     extensions: [new x509.BasicConstraintsExtension(false, undefined, true), new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])],
   });
   const certFile = join(certsDir, `${name}.crt`);
@@ -103,9 +108,23 @@ async function devCaCertValid(name: string, notBefore: Date, notAfter: Date): Pr
   return pair(name);
 }
 
+/** A self-signed CA certificate bearing the dev CA's name, with a key of its own. */
+async function impostorCa(): Promise<{ certFile: string; key: CryptoKey }> {
+  const keys = await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify']) as unknown as CryptoKeyPair;
+  const day = 86_400_000;
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    name: new x509.X509Certificate(readFileSync(join(workspace.keysDir, 'dev-ca.crt'), 'utf8')).subject,
+    notBefore: new Date(Date.now() - day), notAfter: new Date(Date.now() + day), signingAlgorithm: EC, keys,
+    extensions: [new x509.BasicConstraintsExtension(true, undefined, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true)],
+  });
+  const certFile = join(certsDir, 'impostor-ca.crt');
+  writeFileSync(certFile, cert.toString('pem'));
+  return { certFile, key: keys.privateKey };
+}
+
 /** The client's certificate followed by the CA certificates it sends along. */
 function withChain(leaf: Pair, ...chain: string[]): Pair {
-  return { ...leaf, cert: [leaf.cert, ...chain.map((file) => readFileSync(file, 'utf8'))].join('') };
+  return { ...leaf, cert: [leaf.cert, ...chain.map((file) => readFileSync(file, 'utf8'))].map((pem) => `${pem.trim()}\n`).join('') };
 }
 
 function thumbprint(pem: string): string {
@@ -139,9 +158,13 @@ beforeAll(async () => {
 
   // Validity, by the server's code now that the handshake checks nothing.
   const day = 86_400_000;
-  certs.expired = await devCaCertValid('svc-dated', new Date(Date.now() - 2 * day), new Date(Date.now() - day));
-  certs.notYetValid = await devCaCertValid('svc-dated-later', new Date(Date.now() + day), new Date(Date.now() + 2 * day));
-  certs.timely = await devCaCertValid('svc-dated-now', new Date(Date.now() - day), new Date(Date.now() + day));
+  certs.expired = await inDevCaName('svc-dated', new Date(Date.now() - 2 * day), new Date(Date.now() - day));
+  certs.notYetValid = await inDevCaName('svc-dated-later', new Date(Date.now() + day), new Date(Date.now() + 2 * day));
+  certs.timely = await inDevCaName('svc-dated-now', new Date(Date.now() - day), new Date(Date.now() + day));
+  // A CA of its own with the dev CA's very name, sent along or not: names prove nothing.
+  const impostor = await impostorCa();
+  certs.impostor = await inDevCaName('svc-impostor', new Date(Date.now() - day), new Date(Date.now() + day), impostor.key);
+  certs.impostorWithCa = withChain(certs.impostor, impostor.certFile);
   // Chains: an end-entity certificate cannot issue (svc-cli's key signs svc-chain); the dev
   // CA allows no intermediate (pathlen 0); a TLS_CLIENT_CA root without one does.
   certs.underLeaf = withChain(await opensslCert('under-leaf', '/CN=svc-chain', { cert: certs.svcCli.certFile, key: certs.svcCli.keyFile }), certs.svcCli.certFile);
@@ -164,7 +187,7 @@ beforeAll(async () => {
   await addClient(workspace, 'svc-bound', ['--auth', 'tls_client_auth', '--subject-dn', 'CN=svc-bound', '--audience', API, '--bound']);
   await addClient(workspace, 'rs-introspector', ['--auth', 'tls_client_auth', '--san-uri', 'urn:m2m-client:rs-introspector', '--audience', 'https://unused.example.test', '--introspect', API]);
   ({ client_secret: basicBoundSecret } = (await addClient(workspace, 'svc-basic-bound', ['--auth', 'client_secret_basic', '--audience', API, '--bound'])) as { client_secret: string });
-  for (const id of ['svc-dated', 'svc-dated-later', 'svc-dated-now', 'svc-chain', 'svc-corp']) {
+  for (const id of ['svc-dated', 'svc-dated-later', 'svc-dated-now', 'svc-chain', 'svc-corp', 'svc-impostor']) {
     await addClient(workspace, id, ['--auth', 'tls_client_auth', '--subject-dn', `CN=${id}`, '--audience', API]);
   }
   server = await startServer(workspace, { TLS_CLIENT_CA: clientCaBundle });
@@ -255,6 +278,9 @@ test('401 invalid_client: a certificate from an untrusted CA', async () => {
   // Subject and SAN match the registrations; only the issuer is wrong.
   expectClientAuthFailed(await token('svc-cli', certs.rogue));
   expectClientAuthFailed(await token('svc-uri', certs.rogue));
+  // Named as issued by the dev CA, signed by another key.
+  expectClientAuthFailed(await token('svc-impostor', certs.impostor));
+  expectClientAuthFailed(await token('svc-impostor', certs.impostorWithCa));
 });
 
 test('the handshake asks for a certificate without naming a CA (so Go and Java clients send self-signed ones)', async () => {
