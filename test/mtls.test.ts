@@ -1,7 +1,8 @@
 // Mutual-TLS client authentication (RFC 8705) on the one HTTPS listener: tls_client_auth
 // (chain to TLS_CLIENT_CA, then subject DN or SAN), self_signed_tls_client_auth (the
 // registered certificate), certificate-bound tokens, and TLS session resumption. The
-// handshake names no CA; chains are verified by the server's code against TLS_CLIENT_CA.
+// handshake names no CA; the server's code checks that a TLS_CLIENT_CA certificate issued
+// the client's (TLS_CLIENT_CA lists the issuing CAs, intermediates included).
 import { execFile } from 'node:child_process';
 import { createHash, webcrypto, X509Certificate } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -24,7 +25,7 @@ let workspace: Workspace;
 let server: RunningServer;
 let certsDir: string;
 const certs = {} as Record<'svcCli' | 'svcUri' | 'svcBound' | 'introspector' | 'acme' | 'rogue' | 'self' | 'otherSelf'
-  | 'impostor' | 'impostorWithCa' | 'expired' | 'notYetValid' | 'timely' | 'underLeaf' | 'underDevIntermediate' | 'corp' | 'corpLeafOnly', Pair>;
+  | 'impostor' | 'impostorWithCa' | 'expired' | 'notYetValid' | 'timely' | 'underLeaf' | 'underDevIntermediate' | 'corp' | 'corpLeafOnly' | 'underRootOnly', Pair>;
 let basicBoundSecret: string;
 
 function run(command: string, args: string[]): Promise<string> {
@@ -165,17 +166,22 @@ beforeAll(async () => {
   const impostor = await impostorCa();
   certs.impostor = await inDevCaName('svc-impostor', new Date(Date.now() - day), new Date(Date.now() + day), impostor.key);
   certs.impostorWithCa = withChain(certs.impostor, impostor.certFile);
-  // Chains: an end-entity certificate cannot issue (svc-cli's key signs svc-chain); the dev
-  // CA allows no intermediate (pathlen 0); a TLS_CLIENT_CA root without one does.
+  // Issuers: an end-entity certificate cannot issue (svc-cli's key signs svc-chain), and a CA
+  // the client sends along is not one of TLS_CLIENT_CA's, even under one of them.
   certs.underLeaf = withChain(await opensslCert('under-leaf', '/CN=svc-chain', { cert: certs.svcCli.certFile, key: certs.svcCli.keyFile }), certs.svcCli.certFile);
   const devIntermediate = await opensslCa('dev-intermediate', '/CN=dev intermediate', devCa);
   certs.underDevIntermediate = withChain(await opensslCert('under-dev-intermediate', '/CN=svc-chain', devIntermediate), devIntermediate.cert);
+  // A corporate PKI: TLS_CLIENT_CA lists its issuing intermediate (and root).
   const corpRoot = await opensslCa('corp-root', '/CN=corp root');
   const corpIntermediate = await opensslCa('corp-intermediate', '/CN=corp intermediate', corpRoot, 0);
   certs.corpLeafOnly = await opensslCert('corp', '/CN=svc-corp', corpIntermediate);
   certs.corp = withChain(certs.corpLeafOnly, corpIntermediate.cert);
+  // Another: only its root in TLS_CLIENT_CA.
+  const otherRoot = await opensslCa('other-root', '/CN=other root');
+  const otherIntermediate = await opensslCa('other-intermediate', '/CN=other intermediate', otherRoot, 0);
+  certs.underRootOnly = withChain(await opensslCert('under-root-only', '/CN=svc-chain', otherIntermediate), otherIntermediate.cert);
   const clientCaBundle = join(certsDir, 'client-ca-bundle.pem');
-  writeFileSync(clientCaBundle, readFileSync(devCa.cert, 'utf8') + readFileSync(corpRoot.cert, 'utf8'));
+  writeFileSync(clientCaBundle, [devCa.cert, corpIntermediate.cert, corpRoot.cert, otherRoot.cert].map((file) => readFileSync(file, 'utf8').trim()).join('\n'));
 
   await addClient(workspace, 'svc-cli', ['--auth', 'tls_client_auth', '--subject-dn', 'CN=svc-cli', '--audience', API, '--scope', 'orders:read']);
   await addClient(workspace, 'svc-uri', ['--auth', 'tls_client_auth', '--san-uri', 'urn:m2m-client:svc-uri', '--audience', API]);
@@ -300,18 +306,20 @@ test('401 invalid_client: an expired or not yet valid certificate from TLS_CLIEN
   expect((await token('svc-dated-now', certs.timely)).status).toBe(200);
 });
 
-test('401 invalid_client: a chain through a certificate that may not issue one', async () => {
-  // Signed by svc-cli's key, an end-entity certificate (CA:FALSE) that the client sends along.
+test('401 invalid_client: issued by a certificate that is not in TLS_CLIENT_CA, whatever the client sends along', async () => {
+  // By svc-cli's certificate (CA:FALSE), sent along.
   expectClientAuthFailed(await token('svc-chain', certs.underLeaf));
-  // Through a CA certificate, but under the dev CA, whose path length allows none.
+  // By a CA under the dev CA, sent along.
   expectClientAuthFailed(await token('svc-chain', certs.underDevIntermediate));
+  // By a CA under a TLS_CLIENT_CA root, sent along.
+  expectClientAuthFailed(await token('svc-chain', certs.underRootOnly));
 });
 
-test('a chain through an intermediate the client sends reaches a TLS_CLIENT_CA root; without it, 401', async () => {
+test('issued by an intermediate listed in TLS_CLIENT_CA: a token, whether or not the client sends the intermediate', async () => {
   const res = await token('svc-corp', certs.corp);
   expect(res.status).toBe(200);
   expect(decodeJwtPart(res.body.access_token, 1)).toMatchObject({ client_id: 'svc-corp' });
-  expectClientAuthFailed(await token('svc-corp', certs.corpLeafOnly));
+  expect((await token('svc-corp', certs.corpLeafOnly)).status).toBe(200);
 });
 
 test('401 invalid_client: no certificate', async () => {
@@ -379,7 +387,7 @@ test('TLS sessions resume (TLS 1.3 tickets), and a resumed session still authent
   expect(decodeJwtPart(second.body.access_token as string, 1).cnf).toEqual({ 'x5t#S256': thumbprint(certs.svcBound.cert) });
 });
 
-test('a resumed session of a client whose chain runs through an intermediate still authenticates', async () => {
+test('a resumed session (the certificate comes back without what was sent along) still authenticates', async () => {
   const first = await tlsTokenRequest('svc-corp', certs.corp);
   expect(first.status).toBe(200);
   const second = await tlsTokenRequest('svc-corp', certs.corp, first.session);

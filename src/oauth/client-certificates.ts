@@ -33,19 +33,6 @@ interface Presented {
 const perSocket = new WeakMap<TLSSocket, Presented | null>();
 const FORWARDED_TTL_MS = 60_000;
 const perHeader = new Map<string, { presented: Presented | null; until: number }>();
-// A resumed TLS session brings back the client's certificate but not the intermediates it
-// sent: a chain verified on a full handshake stays verified for the sessions' lifetime.
-const SESSION_TTL_MS = 300_000;
-const verifiedChains = new Map<string, number>();
-
-function chainVerifiedRecently(cert: X509Certificate): boolean {
-  return (verifiedChains.get(cert.fingerprint256) ?? 0) > Date.now();
-}
-
-function rememberVerifiedChain(cert: X509Certificate): void {
-  if (verifiedChains.size > 10_000) verifiedChains.clear();
-  verifiedChains.set(cert.fingerprint256, Date.now() + SESSION_TTL_MS);
-}
 const normalisedDns = new Map<string, string>();
 
 function normalisedDn(expected: string): string {
@@ -70,73 +57,38 @@ export function parseCertificateBundle(pem: string): X509Certificate[] {
 
 const CLIENT_AUTH_EKU = '1.3.6.1.5.5.7.3.2';
 const ANY_EKU = '2.5.29.37.0';
-/** Intermediates a client may send between its certificate and a TLS_CLIENT_CA certificate. */
-const MAX_INTERMEDIATES = 4;
 
 function validAt(cert: X509Certificate, now: number): boolean {
   return now >= cert.validFromDate.getTime() && now <= cert.validToDate.getTime();
 }
 
-interface Constraints { keyCertSign: boolean; pathLength: number | undefined }
-const constraintsOf = new WeakMap<X509Certificate, Constraints>();
+const mayIssue = new WeakMap<X509Certificate, boolean>();
 
-/** `issuer` may sign `cert`, with `casBelow` CA certificates between it and the client's. */
-function signedBy(cert: X509Certificate, issuer: X509Certificate, casBelow: number, now: number): boolean {
-  if (!issuer.ca || !validAt(issuer, now) || !cert.checkIssued(issuer) || !cert.verify(issuer.publicKey)) return false;
-  let constraints = constraintsOf.get(issuer);
-  if (!constraints) {
-    const parsed = new x509.X509Certificate(issuer.raw);
-    const usage = parsed.getExtension(x509.KeyUsagesExtension);
-    constraints = {
-      keyCertSign: !usage || (usage.usages & x509.KeyUsageFlags.keyCertSign) !== 0,
-      pathLength: parsed.getExtension(x509.BasicConstraintsExtension)?.pathLength,
-    };
-    constraintsOf.set(issuer, constraints);
+/** A TLS_CLIENT_CA certificate may issue: a CA, with keyCertSign when it states key usages. */
+function issuing(ca: X509Certificate): boolean {
+  let allowed = mayIssue.get(ca);
+  if (allowed === undefined) {
+    const usage = new x509.X509Certificate(ca.raw).getExtension(x509.KeyUsagesExtension);
+    allowed = ca.ca && (!usage || (usage.usages & x509.KeyUsageFlags.keyCertSign) !== 0);
+    mayIssue.set(ca, allowed);
   }
-  return constraints.keyCertSign && (constraints.pathLength === undefined || casBelow <= constraints.pathLength);
+  return allowed;
 }
 
-function usableForClientAuth(cert: X509Certificate, now: number): boolean {
+/**
+ * The client's certificate is valid now, usable for client authentication, and issued and
+ * signed by a TLS_CLIENT_CA certificate that is itself valid now. Only the certificate counts,
+ * never what the client sends along: TLS_CLIENT_CA lists the issuing CAs, intermediates
+ * included, as proxy mode needs anyway (a proxy forwards the client's certificate alone), and
+ * a resumed TLS session, which brings back the certificate without its chain, still proves.
+ */
+function issuedByTrustedCa(cert: X509Certificate, cas: X509Certificate[]): boolean {
+  const now = Date.now();
+  if (!validAt(cert, now)) return false;
   // Node names the extended key usage OIDs `keyUsage`; when present, it must allow client auth.
   const eku = cert.keyUsage;
-  return validAt(cert, now) && (!eku || eku.includes(CLIENT_AUTH_EKU) || eku.includes(ANY_EKU));
-}
-
-/**
- * The checks OpenSSL made when the handshake verified chains: the client's certificate is
- * valid now and usable for client authentication, and it chains, through CA certificates
- * the client sent (signature, validity, basic constraints, key usage, path length), to a
- * TLS_CLIENT_CA certificate.
- */
-export function chainsToTrustedCa(cert: X509Certificate, intermediates: X509Certificate[], cas: X509Certificate[]): boolean {
-  const now = Date.now();
-  if (!usableForClientAuth(cert, now)) return false;
-  let current = cert;
-  for (let casBelow = 0; casBelow <= MAX_INTERMEDIATES; casBelow += 1) {
-    if (cas.some((ca) => signedBy(current, ca, casBelow, now))) return true;
-    const next = intermediates.find((candidate) => candidate !== current && signedBy(current, candidate, casBelow, now));
-    if (!next) return false;
-    current = next;
-  }
-  return false;
-}
-
-/**
- * The client's certificate and the certificates it sent along (Node may add ones it found
- * in its own store: they are only candidates, trust comes from TLS_CLIENT_CA alone). Read
- * with one getPeerCertificate(true): after getPeerX509Certificate(), Node's detailed view
- * lacks the chain.
- */
-function peerChain(socket: TLSSocket): { cert: X509Certificate; intermediates: X509Certificate[] } | undefined {
-  const peer = socket.getPeerCertificate(true);
-  if (!peer?.raw) return undefined;
-  const intermediates: X509Certificate[] = [];
-  let link = peer;
-  while (link.issuerCertificate?.raw && link.issuerCertificate !== link && intermediates.length < MAX_INTERMEDIATES * 2) {
-    link = link.issuerCertificate;
-    intermediates.push(new X509Certificate(link.raw));
-  }
-  return { cert: new X509Certificate(peer.raw), intermediates };
+  if (eku && !eku.includes(CLIENT_AUTH_EKU) && !eku.includes(ANY_EKU)) return false;
+  return cas.some((ca) => issuing(ca) && validAt(ca, now) && cert.checkIssued(ca) && cert.verify(ca.publicKey));
 }
 
 export interface CertificateHooks {
@@ -160,14 +112,9 @@ export function certificateHooks(settings: Settings, clientCas: X509Certificate[
       if (known !== undefined) {
         found = known ?? undefined;
       } else {
+        const cert = socket.getPeerX509Certificate?.();
         // Not socket.authorized: that is Node's verdict against its public roots.
-        const peer = peerChain(socket);
-        if (peer) {
-          let trusted = chainsToTrustedCa(peer.cert, peer.intermediates, clientCas);
-          if (trusted && peer.intermediates.length) rememberVerifiedChain(peer.cert);
-          else if (!trusted && socket.isSessionReused()) trusted = usableForClientAuth(peer.cert, Date.now()) && chainVerifiedRecently(peer.cert);
-          found = { cert: peer.cert, trusted };
-        }
+        if (cert) found = { cert, trusted: issuedByTrustedCa(cert, clientCas) };
         perSocket.set(socket, found ?? null);
       }
     } else {
@@ -184,7 +131,7 @@ export function certificateHooks(settings: Settings, clientCas: X509Certificate[
           } else {
             try {
               const cert = new X509Certificate(decodeURIComponent(header));
-              found = { cert, trusted: chainsToTrustedCa(cert, [], clientCas) };
+              found = { cert, trusted: issuedByTrustedCa(cert, clientCas) };
             } catch {
               logger.info({ header: settings.clientCertHeader }, 'forwarded client certificate did not parse');
             }
