@@ -284,9 +284,15 @@ test('401 invalid_client: a certificate from an untrusted CA', async () => {
   // Subject and SAN match the registrations; only the issuer is wrong.
   expectClientAuthFailed(await token('svc-cli', certs.rogue));
   expectClientAuthFailed(await token('svc-uri', certs.rogue));
-  // Named as issued by the dev CA, signed by another key.
-  expectClientAuthFailed(await token('svc-impostor', certs.impostor));
-  expectClientAuthFailed(await token('svc-impostor', certs.impostorWithCa));
+  // Named as issued by the dev CA, signed by another key: never a token. On PostgreSQL the
+  // server may drop such a connection instead of answering 401 (also before the handshake
+  // stopped naming CAs): Node's TLS layer then fails the answer's write with the OpenSSL
+  // signature error. On the embedded database the answer is the 401.
+  for (const cert of [certs.impostor, certs.impostorWithCa]) {
+    const res = await token('svc-impostor', cert).catch((err: Error) => ({ status: 0, body: String((err.cause as Error)?.message ?? err) }));
+    if (res.status === 0) expect(res.body).toBe('other side closed');
+    else expectClientAuthFailed(res as Awaited<ReturnType<typeof token>>);
+  }
 });
 
 test('the handshake asks for a certificate without naming a CA (so Go and Java clients send self-signed ones)', async () => {

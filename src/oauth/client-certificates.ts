@@ -88,7 +88,16 @@ function issuedByTrustedCa(cert: X509Certificate, cas: X509Certificate[]): boole
   // Node names the extended key usage OIDs `keyUsage`; when present, it must allow client auth.
   const eku = cert.keyUsage;
   if (eku && !eku.includes(CLIENT_AUTH_EKU) && !eku.includes(ANY_EKU)) return false;
-  return cas.some((ca) => issuing(ca) && validAt(ca, now) && cert.checkIssued(ca) && cert.verify(ca.publicKey));
+  return cas.some((ca) => issuing(ca) && validAt(ca, now) && cert.checkIssued(ca) && signedWith(cert, ca));
+}
+
+/** Node's verify() returns false for most bad signatures but throws for some (an OpenSSL error). */
+function signedWith(cert: X509Certificate, ca: X509Certificate): boolean {
+  try {
+    return cert.verify(ca.publicKey);
+  } catch {
+    return false;
+  }
 }
 
 export interface CertificateHooks {
