@@ -284,10 +284,11 @@ test('401 invalid_client: a certificate from an untrusted CA', async () => {
   // Subject and SAN match the registrations; only the issuer is wrong.
   expectClientAuthFailed(await token('svc-cli', certs.rogue));
   expectClientAuthFailed(await token('svc-uri', certs.rogue));
-  // Named as issued by the dev CA, signed by another key: never a token. On PostgreSQL the
-  // server may drop such a connection instead of answering 401 (also before the handshake
-  // stopped naming CAs): Node's TLS layer then fails the answer's write with the OpenSSL
-  // signature error. On the embedded database the answer is the 401.
+  // Named as issued by the dev CA, signed by another key: never a token. The client's TLS
+  // stack sends the dev CA along (found by name in its own trust store); the handshake's own
+  // chain check then fails on the signature, and Node raises that on the server's socket a
+  // little later, which drops the connection when the 401 is not written yet (on PostgreSQL;
+  // the same before the handshake stopped naming CAs). Otherwise the answer is the 401.
   for (const cert of [certs.impostor, certs.impostorWithCa]) {
     const res = await token('svc-impostor', cert).catch((err: Error) => ({ status: 0, body: String((err.cause as Error)?.message ?? err) }));
     if (res.status === 0) expect(res.body).toBe('other side closed');
