@@ -102,7 +102,7 @@ export function createServer(settings: Settings, handler: Handler, tls: TlsMater
       cert: tls.cert,
       key: tls.key,
       // No `ca`: the CertificateRequest then names no CA, and Go's crypto/tls and Java send
-      // any certificate they hold, self-signed ones included. Chains are verified against
+      // any certificate they hold, self-signed ones included. Its issuer is checked against
       // TLS_CLIENT_CA in client-certificates.ts.
       requestCert: true,
       rejectUnauthorized: false,

@@ -91,7 +91,7 @@ function issuedByTrustedCa(cert: X509Certificate, cas: X509Certificate[]): boole
   return cas.some((ca) => issuing(ca) && validAt(ca, now) && cert.checkIssued(ca) && signedWith(cert, ca));
 }
 
-/** Node's verify() returns false for most bad signatures but throws for some (an OpenSSL error). */
+/** A signature that cannot be checked at all (an odd key or algorithm) is no signature: this never throws. */
 function signedWith(cert: X509Certificate, ca: X509Certificate): boolean {
   try {
     return cert.verify(ca.publicKey);
