@@ -158,6 +158,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       perAddress: settings.authFailureAddressLimit,
       windowSeconds: settings.authFailureWindow,
     }, database.embedded ? undefined : database.db);
+    closers.push(() => bruteForce.close());
     const lifecycle: Lifecycle = { draining: false, inFlight: 0 };
     const deps = {
       settings, registry, replay, revocations, logger, certificates, bruteForce, metrics, lifecycle,
