@@ -8,11 +8,15 @@ let workspace: Workspace;
 let server: RunningServer;
 let svcSecret: string;
 let rsSecret: string;
+let listed: { client_id: string; audiences: string[] }[];
 
 beforeAll(async () => {
   workspace = await createWorkspace();
   ({ client_secret: svcSecret } = (await addClient(workspace, 'svc', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string });
   ({ client_secret: rsSecret } = (await addClient(workspace, 'rs', ['--auth', 'client_secret_basic', '--introspect', API])) as { client_secret: string });
+  // Read before the server starts: the embedded database belongs to one process at a time.
+  expect((await workspace.cli('migrate', ['latest'])).code).toBe(0);
+  listed = JSON.parse((await workspace.cli('client', ['list', '--json'])).stdout);
   server = await startServer(workspace);
 });
 
@@ -22,8 +26,7 @@ afterAll(async () => {
 });
 
 test('client add takes --introspect without --audience, and refuses a client with neither', async () => {
-  const list = JSON.parse((await workspace.cli('client', ['list', '--json'])).stdout) as { client_id: string; audiences: string[] }[];
-  expect(list.find((c) => c.client_id === 'rs')).toMatchObject({ audiences: [] });
+  expect(listed.find((c) => c.client_id === 'rs')).toMatchObject({ audiences: [] });
   const neither = await workspace.cli('client', ['add', 'nothing', '--auth', 'client_secret_basic']);
   expect(neither.code).not.toBe(0);
   expect(neither.stderr).toMatch(/--audience/);
@@ -42,7 +45,7 @@ test('the resource server introspects and revokes a token for its audience', asy
 });
 
 test('the resource server authenticates at /token but gets no token: 400 unauthorized_client', async () => {
-  for (const form of [{ grant_type: 'client_credentials' }, { grant_type: 'client_credentials', resource: API }]) {
+  for (const form of [{ grant_type: 'client_credentials' }, { grant_type: 'client_credentials', resource: API }] as Record<string, string>[]) {
     const res = await server.post('/token', form, { basic: ['rs', rsSecret] });
     expect(res.status).toBe(400);
     expect(res.body).toMatchObject({ error: 'unauthorized_client' });

@@ -145,6 +145,13 @@ function clientOf(ctx: KoaContextWithOIDC): EngineClient {
   return ctx.oidc.client as EngineClient;
 }
 
+// A resource server registered with --introspect alone authenticates (to introspect and
+// revoke) but has no audience to get a token for. (The engine's own grant-type check would
+// say invalid_request; RFC 6749 section 5.2 says unauthorized_client.)
+function noAudience() {
+  return new errors.UnauthorizedClient('this client has no audience: it may introspect and revoke, not get tokens');
+}
+
 function tokenTtl(settings: Settings, client: EngineClient | undefined): number {
   return Math.min(client?.m2m_ttl ?? settings.accessTokenTtl, settings.maxAccessTokenTtl);
 }
@@ -196,11 +203,13 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
         async defaultResource(ctx) {
           const audiences = clientOf(ctx).m2m_audiences;
           if (audiences.length === 1) return audiences[0]!;
+          if (audiences.length === 0) throw noAudience();
           throw new errors.InvalidTarget('this client has several audiences: the resource parameter is required');
         },
         useGrantedResource: () => false,
         async getResourceServerInfo(ctx, resource) {
           const client = clientOf(ctx);
+          if (client.m2m_audiences.length === 0) throw noAudience();
           if (!client.m2m_audiences.includes(resource)) {
             throw new errors.InvalidTarget('the requested resource is not one of this client\'s audiences');
           }
