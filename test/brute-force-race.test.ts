@@ -109,13 +109,11 @@ describe('one instance', () => {
     expect(seen[401]! + seen[429]!).toBe(GUESSES);
   });
 
-  test('a correct client is never refused by its own successes, however many run at once', async () => {
-    // 40 concurrent requests with the right secret from one address: more than either limit
-    // in flight at once would be refused, so they are sent in rounds of 5.
-    for (let round = 0; round < 8; round += 1) {
-      const statuses = await burst(workspace, [server], '127.0.0.5', Array.from({ length: 5 }, () => ['svc', secret]));
-      expect(statuses).toEqual(Array(5).fill(200));
-    }
+  test('a correct client sending more requests at once than the limits gets every one answered', async () => {
+    // 40 in flight for one client id from one address: the attempts over the limit wait for
+    // the outcome of those being checked, whose points come back.
+    const statuses = await burst(workspace, [server], '127.0.0.5', Array.from({ length: 40 }, () => ['svc', secret]));
+    expect(counts(statuses)).toEqual({ 200: 40 });
   });
 
   test('the log says which limit refused: per client and address, or per address', async () => {

@@ -9,9 +9,12 @@
 //
 // Giving a point back to the database after every success would cost a correct client two
 // writes per token. Instead the point stays in this process as a lease: the next attempt
-// on the same key takes it without a query, and leases unused for IDLE_MS go back to the
-// database in one write. Leases are points consumed in the database, so every attempt
-// evaluated anywhere holds a point of the shared count: the limit holds across processes.
+// on the same key takes it without a query, and leases unused for IDLE_MS (or held for
+// LEASE_MAX_MS) go back to the database in one write. Leases are points consumed in the
+// database, so every attempt evaluated anywhere holds a point of the shared count: the
+// limit holds across processes. An attempt over the limit while attempts on its key are
+// being checked in this process waits for their outcome instead of failing at once: a
+// correct client sending more requests at once than the limit gets them all answered.
 import { hash } from 'node:crypto';
 
 import ipaddr from 'ipaddr.js';
@@ -112,18 +115,30 @@ function postgresStore(db: Knex, points: number, duration: number, keyPrefix: st
   };
 }
 
-/** Leases unused this long go back to the store. */
+/** Leases unused this long go back to the store; any lease after LEASE_MAX_MS, so processes share. */
 const IDLE_MS = 1000;
+const LEASE_MAX_MS = 5000;
+/** The longest an attempt waits for a point held by an attempt in flight here. */
+const MAX_WAIT_MS = 5000;
 const MAX_LEASED_KEYS = 50_000;
 
-interface Lease {
+interface Waiter {
+  resolve: (admission: Admission | Promise<Admission>) => void;
+  timer: NodeJS.Timeout;
+}
+
+/** What this process knows of one key: leased points at hand, attempts being checked, attempts waiting. */
+interface KeyState {
   free: number;
   windowEndsAt: number;
   usedAt: number;
+  leasedAt: number;
+  inFlight: number;
+  waiters: Waiter[];
 }
 
 class LimitedKeys {
-  readonly #leases = new Map<string, Lease>();
+  readonly #keys = new Map<string, KeyState>();
   readonly #store: CountStore;
   readonly #reason: LimitReason;
   // Leases are not used this close to their window's end (clocks of instances differ a little).
@@ -135,55 +150,110 @@ class LimitedKeys {
     this.#margin = Math.min(1000, windowMs / 4);
   }
 
-  admit(key: string): Admission | Promise<Admission> {
-    const now = Date.now();
-    const lease = this.#leases.get(key);
-    if (lease && lease.free > 0 && lease.windowEndsAt - now > this.#margin) {
-      lease.free -= 1;
-      lease.usedAt = now;
-      return { attempt: this.#attempt(key, lease.windowEndsAt) };
+  #usable(windowEndsAt: number, now: number): boolean {
+    return windowEndsAt - now > this.#margin;
+  }
+
+  #state(key: string): KeyState {
+    let state = this.#keys.get(key);
+    if (!state) {
+      state = { free: 0, windowEndsAt: 0, usedAt: 0, leasedAt: 0, inFlight: 0, waiters: [] };
+      this.#keys.set(key, state);
     }
+    return state;
+  }
+
+  #forget(key: string, state: KeyState): void {
+    if (state.free === 0 && state.inFlight === 0 && state.waiters.length === 0) this.#keys.delete(key);
+  }
+
+  #leased(key: string): Attempt | undefined {
+    const state = this.#keys.get(key);
+    const now = Date.now();
+    if (!state || state.free === 0 || !this.#usable(state.windowEndsAt, now)) return undefined;
+    state.free -= 1;
+    state.usedAt = now;
+    return this.#attempt(key, state.windowEndsAt);
+  }
+
+  admit(key: string): Admission | Promise<Admission> {
+    const leased = this.#leased(key);
+    if (leased) return { attempt: leased };
     return this.#store.consume(key).then(
       (msLeft) => ({ attempt: this.#attempt(key, Date.now() + msLeft) }),
       (res: unknown) => {
         if (!(res instanceof RateLimiterRes)) throw res;
-        return { refused: this.#reason, waitMs: res.msBeforeNext };
+        const refused: Admission = { refused: this.#reason, waitMs: res.msBeforeNext };
+        const again = this.#leased(key);
+        if (again) return { attempt: again };
+        // Over the limit while this process is checking attempts on the key: their points
+        // may come back (a correct client sending many requests at once), so wait for one.
+        const state = this.#keys.get(key);
+        if (!state || state.inFlight === 0) return refused;
+        return new Promise<Admission>((resolve) => {
+          const waiter: Waiter = {
+            resolve,
+            timer: setTimeout(() => {
+              state.waiters.splice(state.waiters.indexOf(waiter), 1);
+              this.#forget(key, state);
+              resolve(refused);
+            }, MAX_WAIT_MS),
+          };
+          state.waiters.push(waiter);
+        });
       },
     );
   }
 
   #attempt(key: string, windowEndsAt: number): Attempt {
+    const state = this.#state(key);
+    state.inFlight += 1;
     let settled = false;
     return {
       settle: (failed) => {
         if (settled) return;
         settled = true;
-        if (failed) return;
+        state.inFlight -= 1;
         const now = Date.now();
-        if (windowEndsAt - now <= this.#margin) return;
-        const lease = this.#leases.get(key);
-        if (lease && lease.windowEndsAt - now > this.#margin) {
-          lease.free += 1;
-          lease.usedAt = now;
-        } else {
-          if (this.#leases.size >= MAX_LEASED_KEYS) return; // the point lapses with its window
-          this.#leases.set(key, { free: 1, windowEndsAt, usedAt: now });
+        const kept = !failed && this.#usable(windowEndsAt, now);
+        const waiter = state.waiters.shift();
+        if (waiter) {
+          clearTimeout(waiter.timer);
+          // A point given back goes to the next waiter; a spent one sends it to ask again.
+          waiter.resolve(kept ? { attempt: this.#attempt(key, windowEndsAt) } : this.admit(key));
+        } else if (kept && (state.free > 0 || this.#keys.size < MAX_LEASED_KEYS)) {
+          if (!this.#usable(state.windowEndsAt, now)) {
+            state.free = 0;
+            state.windowEndsAt = windowEndsAt;
+            state.leasedAt = now;
+          }
+          state.free += 1;
+          state.usedAt = now;
         }
+        // Nothing left in flight here: whoever still waits asks the store again.
+        if (state.inFlight === 0) {
+          for (const rest of state.waiters.splice(0)) {
+            clearTimeout(rest.timer);
+            rest.resolve(this.admit(key));
+          }
+        }
+        this.#forget(key, state);
       },
     };
   }
 
-  /** Gives idle leases back (all of them with `all`); drops those of ended windows. */
+  /** Gives idle or old leases back (all of them with `all`); drops those of ended windows. */
   async sweep(all = false): Promise<void> {
     const now = Date.now();
     const returns: Promise<void>[] = [];
-    for (const [key, lease] of this.#leases) {
-      if (lease.windowEndsAt - now <= this.#margin) {
-        this.#leases.delete(key);
-      } else if (all || now - lease.usedAt >= IDLE_MS) {
-        this.#leases.delete(key);
-        if (lease.free > 0) returns.push(this.#store.giveBack(key, lease.free, lease.windowEndsAt).catch(() => {}));
+    for (const [key, state] of this.#keys) {
+      if (state.free > 0 && !this.#usable(state.windowEndsAt, now)) {
+        state.free = 0;
+      } else if (state.free > 0 && (all || now - state.usedAt >= IDLE_MS || now - state.leasedAt >= LEASE_MAX_MS)) {
+        returns.push(this.#store.giveBack(key, state.free, state.windowEndsAt).catch(() => {}));
+        state.free = 0;
       }
+      this.#forget(key, state);
     }
     await Promise.all(returns);
   }
