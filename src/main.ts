@@ -154,6 +154,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       perAddress: settings.authFailureAddressLimit,
       windowSeconds: settings.authFailureWindow,
     }, database.embedded ? undefined : database.db);
+    closers.push(() => bruteForce.close());
     const lifecycle: Lifecycle = { draining: false, inFlight: 0 };
     // Read once: every process and instance signs and checks DPoP nonces with this one secret.
     const dpopNonceSecret = settings.dpopNonce ? await sharedSecret(database.db, 'dpop_nonce') : undefined;

@@ -61,6 +61,12 @@ describe('failed client authentication: 401 invalid_client, all alike', () => {
     expect(res.headers.get('www-authenticate')).toMatch(/^Basic realm="/);
   });
 
+  test('the log tells a disabled client from an unknown one (the response does not)', async () => {
+    const lines = await server.logLines((l) => l.event === 'token.refused' && (l.client_id === 'svc-disabled' || l.client_id === 'nobody'), 2);
+    expect(lines.find((l) => l.client_id === 'svc-disabled')).toMatchObject({ status: 401, reason: 'client is disabled' });
+    expect(lines.find((l) => l.client_id === 'nobody')).toMatchObject({ status: 401, reason: 'client not found' });
+  });
+
   test('the rotated client works with its new secret', async () => {
     const res = await server.post('/token', grant, { basic: ['svc-rotated', rotatedSecret] });
     expect(res.status).toBe(200);

@@ -33,11 +33,9 @@ const jwtShaped = fc.tuple(jsonish, jsonish, fc.string({ maxLength: 40 })).map((
 // Any code point, control characters and NUL included (PostgreSQL refuses NUL in text).
 const anyChars = fc.string({ unit: 'binary', maxLength: 40 });
 const param = fc.oneof(text, anyChars, jwtShaped, fc.constantFrom('client_credentials', 'svc', API, 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'));
-const form = fc.dictionary(
-  fc.constantFrom('grant_type', 'client_id', 'client_secret', 'client_assertion', 'client_assertion_type', 'scope', 'resource', 'token', 'token_type_hint', 'x'),
-  param,
-  { maxKeys: 6 },
-);
+const PARAMS = ['grant_type', 'client_id', 'client_secret', 'client_assertion', 'client_assertion_type', 'scope', 'resource', 'token', 'token_type_hint', 'x'];
+// A list of pairs, not a dictionary: a parameter may come more than once (token=a&token=b).
+const form = fc.array(fc.tuple(fc.constantFrom(...PARAMS), param), { maxLength: 8 });
 const authorization = fc.oneof(
   fc.constant(undefined),
   text.map((t) => `Basic ${t}`),
@@ -67,8 +65,37 @@ test('arbitrary form posts to every endpoint', async () => {
     const headers: Record<string, string> = {};
     if (type) headers['content-type'] = type;
     if (auth !== undefined) headers.authorization = auth;
-    const body = type.startsWith('application/json') ? JSON.stringify(fields) : new URLSearchParams(fields).toString();
+    const body = type.startsWith('application/json') ? JSON.stringify(Object.fromEntries(fields)) : new URLSearchParams(fields).toString();
     expectSane(await send('POST', path, headers, body));
+  }), { numRuns: RUNS });
+});
+
+test('a repeated parameter in an otherwise good request', async () => {
+  const good: Record<string, [string, string][]> = {
+    '/token': [['grant_type', 'client_credentials'], ['scope', 'a'], ['resource', API]],
+    '/token/introspection': [['token', 'x.y.z'], ['token_type_hint', 'access_token']],
+    '/token/revocation': [['token', 'x.y.z'], ['token_type_hint', 'access_token']],
+  };
+  const repeated = fc.constantFrom(...Object.keys(good)).chain((path) => fc.tuple(
+    fc.constant(path),
+    fc.constantFrom(...good[path]!.map(([name]) => name), 'client_id', 'client_secret'),
+    param,
+    fc.boolean(),
+  ));
+  await fc.assert(fc.asyncProperty(repeated, async ([path, name, value, post]) => {
+    const fields = [...good[path]!];
+    const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded' };
+    // Basic, or the same credentials in the form (client_secret_post).
+    if (post) fields.push(['client_id', 'svc'], ['client_secret', secret]);
+    else headers.authorization = `Basic ${Buffer.from(`svc:${secret}`).toString('base64')}`;
+    fields.push([name, value]);
+    const result = await send('POST', path, headers, new URLSearchParams(fields).toString());
+    expectSane(result);
+    // RFC 8707 lets resource come more than once; anything else repeated is ambiguous.
+    if (fields.filter(([n]) => n === name).length > 1 && name !== 'resource') {
+      expect(result.status).toBe(400);
+      expect(JSON.parse(result.raw)).toMatchObject({ error: 'invalid_request' });
+    }
   }), { numRuns: RUNS });
 });
 

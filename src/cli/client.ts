@@ -44,20 +44,26 @@ function exactlyOne(options: Record<string, unknown>, flags: string[], method: s
   if (given.length !== 1) throw new check.InputError(`--auth ${method} needs exactly one of ${names.join(', ')}`);
 }
 
+/** `context`: "--auth <method>", or what else makes the flags meaningless. */
 function refuse(options: Record<string, unknown>, flags: string[], method: string): void {
   const given = flags.find((f) => options[f] !== undefined);
-  if (given) throw new check.InputError(`--${given.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} does not apply to --auth ${method}`);
+  const context = method.startsWith('without') ? method : `--auth ${method}`;
+  if (given) throw new check.InputError(`--${given.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} does not apply to ${context}`);
 }
 
 async function addClient(id: string, options: AddOptions): Promise<void> {
   const clientId = check.clientId(id);
   const existing = migrationExistsFor(settings.migrationsDir, clientId);
   if (existing) throw new check.InputError(`client ${clientId} is already registered by migrations/${existing}`);
-  if (!options.audience) throw new check.InputError('--audience is required: the URI(s) of the API(s) this client calls');
+  if (!options.audience && !options.introspect) {
+    throw new check.InputError('--audience is required (the URI(s) of the API(s) this client calls), or --introspect alone for a resource server that only introspects and revokes');
+  }
+  // A resource server without audiences gets no tokens: token settings would do nothing.
+  if (!options.audience) refuse(options as unknown as Record<string, unknown>, ['scope', 'ttl', 'bound'], 'without --audience');
   const client: NewClient = {
     clientId,
     authMethod: options.auth,
-    audiences: check.uriList('--audience', options.audience),
+    audiences: options.audience ? check.uriList('--audience', options.audience) : [],
     scopes: check.scopes(options.scope),
     ttl: options.ttl === undefined ? undefined : check.seconds('--ttl', options.ttl, 1, settings.maxAccessTokenTtl),
     certificateBound: options.bound === true,
@@ -112,7 +118,7 @@ async function addClient(id: string, options: AddOptions): Promise<void> {
 program.command('add <client_id>')
   .description('write a migration that registers a client')
   .addOption(new Option('--auth <method>', 'client authentication method').choices(AUTH_METHODS).makeOptionMandatory())
-  .option('--audience <uris>', 'comma-separated resource URIs the client may get tokens for (the first request-less default when only one)')
+  .option('--audience <uris>', 'comma-separated resource URIs the client may get tokens for (without it, a resource server: --introspect only, no tokens)')
   .option('--scope <scopes>', 'space-separated scopes the client may request')
   .option('--ttl <seconds>', 'access-token lifetime for this client')
   .option('--jwks <file>', 'private_key_jwt: JWK Set file with the client\'s public keys')

@@ -5,6 +5,7 @@ import { X509Certificate } from 'node:crypto';
 import { calculateJwkThumbprint, importJWK, type JWK } from 'jose';
 
 import { DnSyntaxError, normaliseDn } from '../oauth/distinguished-name.ts';
+import { keyRefusal } from './key-policy.ts';
 
 export class InputError extends Error {}
 
@@ -84,9 +85,10 @@ export async function publicJwks(text: string, source: string): Promise<{ keys: 
     if (typeof jwk !== 'object' || jwk === null) throw new InputError(`${source}: key ${i} is not an object`);
     const secret = PRIVATE_MEMBERS.find((m) => m in jwk);
     if (secret) throw new InputError(`${source}: key ${i} has the private member "${secret}": register public keys only`);
-    if (!['RSA', 'EC', 'OKP'].includes(jwk.kty ?? '')) throw new InputError(`${source}: key ${i} has kty ${JSON.stringify(jwk.kty)}; use RSA, EC or OKP`);
     if (jwk.use !== undefined && jwk.use !== 'sig') throw new InputError(`${source}: key ${i} is not a signing key (use ${jwk.use})`);
-    const alg = jwk.alg ?? (jwk.kty === 'RSA' ? 'RS256' : jwk.kty === 'EC' ? 'ES256' : 'EdDSA');
+    const refusal = keyRefusal(jwk);
+    if (refusal) throw new InputError(`${source}: key ${i} is refused: ${refusal}`);
+    const alg = jwk.alg ?? (jwk.kty === 'RSA' ? 'RS256' : jwk.kty === 'EC' ? (jwk.crv === 'P-384' ? 'ES384' : 'ES256') : 'EdDSA');
     try {
       await importJWK(jwk, alg);
     } catch {

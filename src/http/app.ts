@@ -18,9 +18,9 @@ import { authenticatedClient, unreadableAssertionIsInvalidClient } from '../oaut
 import { metadata } from '../oauth/discovery.ts';
 import { createEngine } from '../oauth/engine.ts';
 import { introspection } from '../oauth/introspection.ts';
-import type { BruteForce } from '../oauth/brute-force.ts';
+import { holdAttempt, settleAttempts, type BruteForce } from '../oauth/brute-force.ts';
 import { revocation } from '../oauth/revocation.ts';
-import { audit, clientIdAsSent, recordIssued, recordRefusal, type Issued } from './audit.ts';
+import { audit, recordIssued, recordRefusal, type Issued } from './audit.ts';
 import { clientAddress } from './client-address.ts';
 import { readiness } from './management.ts';
 
@@ -118,10 +118,8 @@ function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
     }
     // Machine clients only: no browser is to read these answers cross-origin.
     if (ctx.response.get('access-control-allow-origin')) for (const header of CORS_HEADERS) ctx.remove(header);
-    if (AUTHENTICATING.has(ctx.path) && ctx.status === 401) {
-      // Counted before the answer leaves, so the next attempt already sees it.
-      await bruteForce.failed(address, clientIdAsSent(ctx)).catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'counting a failed authentication failed'));
-    }
+    // The attempts were taken before the credential was evaluated: a failure keeps them.
+    settleAttempts(ctx.state, ctx.status === 401);
     try {
       // Unknown paths share one label: a label per path would let anyone grow the metrics.
       audit(ctx, logger, metrics, address, startedAt, signingKid, ENDPOINTS[ctx.path] ? ctx.path : 'other');
@@ -154,15 +152,19 @@ function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
       }
     }
     if (AUTHENTICATING.has(ctx.path)) {
-      const blocked = bruteForce.blockedFor(ctx.state.address as string);
-      const waitMs = typeof blocked === 'number' ? blocked : await blocked;
-      if (waitMs > 0) return tooManyAttempts(ctx, waitMs);
+      // Taken from the address's limit before anything is evaluated, so concurrent attempts
+      // cannot together exceed it; the engine takes the client id's when it looks it up.
+      const admitted = bruteForce.admitAddress(ctx.state.address as string);
+      const admission = 'then' in admitted ? await admitted : admitted;
+      if ('refused' in admission) return tooManyAttempts(ctx, admission.waitMs, admission.refused);
+      holdAttempt(ctx.state, admission.attempt);
     }
     await next();
   }
 }
 
-export function tooManyAttempts(ctx: Parameters<Middleware>[0], waitMs: number): void {
+export function tooManyAttempts(ctx: Parameters<Middleware>[0], waitMs: number, reason: string): void {
+  recordRefusal(ctx, reason);
   jsonError(ctx, 429, 'temporarily_unavailable', 'too many failed authentication attempts; retry later');
   ctx.set('retry-after', String(Math.max(1, Math.ceil(waitMs / 1000))));
 }

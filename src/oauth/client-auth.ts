@@ -5,6 +5,7 @@ import type { Context, Middleware } from 'koa';
 import type Provider from 'oidc-provider';
 import clientAuth, { getClientAuthParams } from 'oidc-provider/lib/shared/client_auth.js';
 import assembleParams from 'oidc-provider/lib/shared/assemble_params.js';
+import rejectDupes from 'oidc-provider/lib/shared/reject_dupes.js';
 import getErrorHandler from 'oidc-provider/lib/shared/error_handler.js';
 import { urlencoded as parseBody } from 'oidc-provider/lib/shared/selective_body.js';
 import als from 'oidc-provider/lib/helpers/als.js';
@@ -27,7 +28,9 @@ export function authenticatedClient(provider: Provider, route: string, extra: st
     return next();
   };
   const params: Middleware = (ctx, next) => assembleParams(new Set([...extra, ...getClientAuthParams(ctx)]), ctx, next);
-  return [withEngineContext, getErrorHandler(`${route}.error`), noStore, parseBody, params, ...clientAuth];
+  // A repeated parameter (token=a&token=b) is ambiguous: 400, as the engine's own endpoints do.
+  const noDupes: Middleware = (ctx, next) => rejectDupes({ only: new Set(extra) }, ctx, next);
+  return [withEngineContext, getErrorHandler(`${route}.error`), noStore, parseBody, params, noDupes, ...clientAuth];
 }
 
 // The engine answers 400 invalid_request when it cannot read a client assertion as a JWT,

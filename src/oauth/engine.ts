@@ -11,7 +11,7 @@ import type { KeySet } from '../keys/signing-keys.ts';
 import type { Settings } from '../settings.ts';
 import type { Logger } from '../log.ts';
 import { DPOP_ALGS, dpopFeature, useDpop } from './bindings/dpop.ts';
-import type { BruteForce } from './brute-force.ts';
+import { holdAttempt, type BruteForce } from './brute-force.ts';
 import type { CertificateHooks } from './client-certificates.ts';
 import { useRemoteJwks } from './jwks-uri.ts';
 import { RsaSigningKey } from './signing-key.ts';
@@ -39,9 +39,11 @@ export class TemporarilyUnavailable extends errors.OIDCProviderError {
 }
 
 export class TooManyAttempts extends errors.OIDCProviderError {
-  constructor() {
+  /** `reason`: which limit refused, for the audit line (error_detail is never sent). */
+  constructor(reason: string) {
     super(429, 'temporarily_unavailable');
     this.error_description = 'too many failed authentication attempts; retry later';
+    this.error_detail = reason;
     this.expose = true;
   }
 }
@@ -145,6 +147,13 @@ function clientOf(ctx: KoaContextWithOIDC): EngineClient {
   return ctx.oidc.client as EngineClient;
 }
 
+// A resource server registered with --introspect alone authenticates (to introspect and
+// revoke) but has no audience to get a token for. (The engine's own grant-type check would
+// say invalid_request; RFC 6749 section 5.2 says unauthorized_client.)
+function noAudience() {
+  return new errors.UnauthorizedClient('this client has no audience: it may introspect and revoke, not get tokens');
+}
+
 function tokenTtl(settings: Settings, client: EngineClient | undefined): number {
   return Math.min(client?.m2m_ttl ?? settings.accessTokenTtl, settings.maxAccessTokenTtl);
 }
@@ -196,11 +205,13 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
         async defaultResource(ctx) {
           const audiences = clientOf(ctx).m2m_audiences;
           if (audiences.length === 1) return audiences[0]!;
+          if (audiences.length === 0) throw noAudience();
           throw new errors.InvalidTarget('this client has several audiences: the resource parameter is required');
         },
         useGrantedResource: () => false,
         async getResourceServerInfo(ctx, resource) {
           const client = clientOf(ctx);
+          if (client.m2m_audiences.length === 0) throw noAudience();
           if (!client.m2m_audiences.includes(resource)) {
             throw new errors.InvalidTarget('the requested resource is not one of this client\'s audiences');
           }
@@ -268,9 +279,10 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
   // replays through.
   provider.ReplayDetection.unique = (iss: string, jti: string, exp: number) => unlessStorageDown(() => replay.claim(`${iss}\u0000${jti}`, exp));
 
-  // Where the engine looks a client up, before it checks any credential: first the brute-
-  // force limits for this address and client id, then the registry. The engine would
-  // rebuild (serialise and hash) the client on every request; it is built once per record.
+  // Where the engine looks a client up, before it checks any credential: first an attempt
+  // is taken from the brute-force limit of this client id at this address (the front door
+  // took one from the address's), then the registry. The engine would rebuild (serialise
+  // and hash) the client on every request; it is built once per record.
   const built = new WeakMap<ClientRecord, InstanceType<Provider['Client']>>();
   const engineFind = provider.Client.find.bind(provider.Client);
   provider.Client.find = async (id: string) => {
@@ -280,15 +292,18 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
     const ctx = Provider.ctx as { state?: { address?: string }; set?: (name: string, value: string) => void } | undefined;
     const address = ctx?.state?.address;
     if (bruteForce && address) {
-      const blocked = bruteForce.blockedFor(address, id);
-      const waitMs = typeof blocked === 'number' ? blocked : await blocked;
-      if (waitMs > 0) {
-        ctx.set?.('retry-after', String(Math.max(1, Math.ceil(waitMs / 1000))));
-        throw new TooManyAttempts();
+      const admitted = bruteForce.admitClient(address, id);
+      const admission = 'then' in admitted ? await admitted : admitted;
+      if ('refused' in admission) {
+        ctx.set?.('retry-after', String(Math.max(1, Math.ceil(admission.waitMs / 1000))));
+        throw new TooManyAttempts(admission.refused);
       }
+      holdAttempt(ctx.state!, admission.attempt);
     }
     const record = await lookUp(registry, id);
-    if (!record?.enabled) return undefined;
+    if (!record) return undefined;
+    // Refused like an unknown client, but the log says what happened.
+    if (!record.enabled) throw new errors.InvalidClientAuth('client is disabled');
     let client = built.get(record);
     if (!client) {
       client = await engineFind(id);

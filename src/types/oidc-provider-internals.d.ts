@@ -17,6 +17,11 @@ declare module 'oidc-provider/lib/shared/assemble_params.js' {
 
   export default function assembleParams(allowList: Set<string>, ctx: unknown, next: Next): Promise<void>;
 }
+declare module 'oidc-provider/lib/shared/reject_dupes.js' {
+  import type { Next } from 'koa';
+
+  export default function rejectDupes(options: { only?: Set<string>; except?: Set<string> }, ctx: unknown, next: Next): Promise<void>;
+}
 declare module 'oidc-provider/lib/shared/error_handler.js' {
   import type { Middleware } from 'koa';
 
