@@ -4,7 +4,7 @@
 // listener (metrics and readiness gathered from every worker).
 import cluster from 'node:cluster';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import type { Server as HttpsServer } from 'node:https';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -18,7 +18,10 @@ import { buildApp, type Lifecycle } from './http/app.ts';
 import { closeManagement, createManagementServer, listenManagement, readiness, type ManagementProbes, type Readiness } from './http/management.ts';
 import { createServer, readTlsMaterial, type Handler, type TlsMaterial } from './http/server.ts';
 import { ensureDevTls } from './keys/dev-tls.ts';
-import { forgetExpired, generateKey, readKeys, type KeySet } from './keys/signing-keys.ts';
+import { keyEncryption } from './keys/key-encryption.ts';
+import { readKeyFiles } from './keys/key-files.ts';
+import { reloadKeys } from './keys/key-reloader.ts';
+import { addKey, generateSigningKey, importLegacyKeys, loadKeys, requireDecryptable, type KeySet } from './keys/signing-keys.ts';
 import { createLogger, onDroppedLine, type Logger } from './log.ts';
 import { clusterMetricsSource, createMetrics } from './metrics.ts';
 import { createBruteForce } from './oauth/brute-force.ts';
@@ -26,7 +29,7 @@ import { certificateHooks, parseCertificateBundle } from './oauth/client-certifi
 import { loadSettings, SettingError, type Settings } from './settings.ts';
 import { openDatabase, type OpenDatabase } from './storage/database.ts';
 import { databaseAnswered } from './storage/errors.ts';
-import { CLIENT_CHANNEL, listen, REVOCATION_CHANNEL, type Listener } from './storage/notifications.ts';
+import { CLIENT_CHANNEL, KEYS_CHANNEL, listen, REVOCATION_CHANNEL, type Listener } from './storage/notifications.ts';
 import { ReplayStore } from './storage/replay.ts';
 import { sharedSecret } from './storage/shared-secrets.ts';
 import { RevocationStore } from './storage/revocations.ts';
@@ -37,18 +40,32 @@ function scheduleTimes(settings: Settings) {
   return { jwksMaxAge: settings.jwksMaxAge, reloadSeconds: settings.keysReloadSeconds, maxTokenTtl: settings.maxAccessTokenTtl };
 }
 
-async function signingKeys(settings: Settings, logger: Logger): Promise<KeySet> {
-  let keys = await readKeys(settings.keysDir, scheduleTimes(settings));
-  // At start an unusable key file is an error to fix, not something to run without.
-  if (keys.problems.length) throw new SettingError(`setting KEYS_DIR=${JSON.stringify(settings.keysDir)} is invalid: ${keys.problems[0]}`);
-  if (!keys.signer) {
-    if (settings.production) throw new SettingError(`setting KEYS_DIR=${JSON.stringify(settings.keysDir)} is invalid: expected a signing key (npm run keys -- generate) when NODE_ENV=production`);
-    mkdirSync(settings.keysDir, { recursive: true });
-    const kid = await generateKey(settings.keysDir);
-    logger.info({ kid }, 'generated a development signing key');
-    keys = await readKeys(settings.keysDir, scheduleTimes(settings));
+/**
+ * Once, before serving: key files an earlier version left in KEYS_DIR go into the database,
+ * and an empty database gets its first key. Every key must decrypt: a wrong or missing
+ * KEYS_ENCRYPTION_KEY stops the start here.
+ */
+async function prepareKeys(settings: Settings, database: OpenDatabase, logger: Logger): Promise<void> {
+  const encryption = keyEncryption(settings);
+  const times = scheduleTimes(settings);
+  let files: Awaited<ReturnType<typeof readKeyFiles>>;
+  try {
+    files = await readKeyFiles(settings.keysDir, times);
+  } catch (err) {
+    throw new SettingError(`setting KEYS_DIR=${JSON.stringify(settings.keysDir)} is invalid: ${(err as Error).message}`);
   }
-  return keys;
+  if (files) {
+    const imported = await importLegacyKeys(database.db, encryption, times, files);
+    if (imported.length) {
+      logger.info({ kids: imported, files: files.files }, 'imported the signing-key files of an earlier version: the database holds them now, encrypted, and the files may be deleted');
+    }
+  }
+  const keys = await loadKeys(database.db, encryption);
+  requireDecryptable(keys);
+  if (!keys.signer) {
+    const added = await addKey(database.db, encryption, times, await generateSigningKey(), 'first-start', { onlyIfNone: true });
+    if (added) logger.info({ kid: added.kid }, settings.production ? 'generated the first signing key' : 'generated a development signing key');
+  }
 }
 
 /** The CAs trusted for tls_client_auth: TLS_CLIENT_CA, or outside production the dev CA. */
@@ -93,7 +110,7 @@ async function prepare(settings: Settings, database: OpenDatabase, logger: Logge
     const [, applied] = await database.db.migrate.latest();
     if (applied.length) logger.info({ migrations: applied }, 'applied migrations');
   }
-  await signingKeys(settings, logger);
+  await prepareKeys(settings, database, logger);
   // Outside production the development CA always exists: it serves TLS and client certificates.
   if (!settings.production) {
     await ensureDevTls(settings.keysDir);
@@ -124,7 +141,10 @@ async function startManagement(settings: Settings, logger: Logger, probes: Manag
 async function serve(settings: Settings, database: OpenDatabase, logger: Logger): Promise<void> {
   const closers: (() => Promise<void>)[] = [() => database.close()];
   try {
-    const keys = await signingKeys(settings, logger);
+    const encryption = keyEncryption(settings);
+    const keys = await loadKeys(database.db, encryption);
+    requireDecryptable(keys);
+    if (!keys.signer?.privateKey) throw new Error('no signing key in the database: run `npm run keys -- generate`');
     const tls = await tlsMaterial(settings);
     const metrics = createMetrics();
     const pool = (database.db.client as { pool?: { numUsed(): number; numFree(): number; numPendingAcquires(): number } }).pool;
@@ -186,21 +206,20 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     const ticketKeys = process.env[TICKET_KEYS_ENV];
     if (ticketKeys && settings.tlsMode === 'direct') (server as HttpsServer).setTicketKeys(Buffer.from(ticketKeys, 'base64'));
 
-    const reloadKeys = setInterval(() => {
-      void (async () => {
-        const next = await readKeys(settings.keysDir, scheduleTimes(settings));
-        // While running, a bad file is reported and the other keys go on being served.
-        for (const problem of next.problems) logger.error({ problem }, 'unusable file in KEYS_DIR');
-        for (const kid of forgetExpired(settings.keysDir, next)) logger.info({ kid }, 'retired key no longer published');
-        if (next.fingerprint === current.fingerprint) return;
-        if (!next.signer) throw new Error('no signing key left in KEYS_DIR');
+    const keyReloader = reloadKeys({
+      db: database.db,
+      encryption,
+      times: scheduleTimes(settings),
+      rotationSeconds: Math.round(settings.keyRotationDays * 86400),
+      logger,
+      current: keys,
+      onChange: (next: KeySet) => {
         handler = buildApp(deps, next).callback();
-        logger.info({ signer: next.signer.kid, published: next.published.map((k) => k.kid) }, 'signing keys changed');
         current = next;
-      })().catch((err: unknown) => logger.error({ err }, 'reading signing keys failed; keeping the current ones'));
-    }, settings.keysReloadSeconds * 1000);
-    reloadKeys.unref();
-    closers.push(async () => clearInterval(reloadKeys));
+      },
+      onRotation: (event) => metrics.keyRotations.inc({ event }),
+    });
+    closers.push(async () => keyReloader.stop());
 
     const purge = setInterval(() => {
       void Promise.all([replay.purgeExpired(), revocations.purgeExpired()])
@@ -215,10 +234,14 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
         {
           [CLIENT_CHANNEL]: (clientId) => registry.invalidate(clientId || undefined),
           [REVOCATION_CHANNEL]: (payload) => revocations.notified(payload),
+          [KEYS_CHANNEL]: () => void keyReloader.reload('notify'),
         },
         // Whatever changed while nobody listened is unknown: start from a clean client cache
-        // (revocations are caught up by polling).
-        () => registry.invalidate(undefined),
+        // and read the keys again (revocations are caught up by polling).
+        () => {
+          registry.invalidate(undefined);
+          void keyReloader.reload('listening');
+        },
         (err) => logger.warn({ err: err.message }, 'database notifications interrupted'),
       );
       closers.push(() => listener.close());

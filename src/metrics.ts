@@ -10,6 +10,7 @@ export interface Metrics {
   refusals: Counter<'endpoint' | 'error' | 'reason'>;
   requestDuration: Histogram<'endpoint' | 'status'>;
   keyAge: Gauge<'kid' | 'state'>;
+  keyRotations: Counter<'event'>;
   poolConnections: Gauge<'state'>;
   clientCache: Counter<'result'>;
   logLinesDropped: Counter;
@@ -83,6 +84,7 @@ export function createMetrics(): Metrics {
         for (const key of keyState()) this.set({ kid: key.kid, state: key.state }, key.ageSeconds);
       },
     }),
+    keyRotations: new Counter({ name: 'm2m_signing_key_rotations_total', help: 'Automatic signing-key rotation done by this process: successors generated, replaced keys retired', labelNames: ['event'], registers: [registry] }),
     poolConnections: new Gauge({
       name: 'm2m_db_pool_connections', help: 'Database pool connections by state', labelNames: ['state'], registers: [registry],
       collect() {

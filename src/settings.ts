@@ -1,6 +1,6 @@
 // Every setting, its default and its meaning, in one place. Parsed and checked once at
 // start; a bad value stops the start with one line naming the setting.
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
@@ -49,8 +49,16 @@ export interface Settings {
   jwksUriAllowPrivate: boolean;
   /** JWKS_URI_CA: PEM file of CAs trusted for jwks_uri fetches in addition to the system's (for an internal CA). */
   jwksUriCa: string | undefined;
-  /** KEYS_DIR: signing keys and development TLS material. */
+  /** KEYS_DIR: development material: dev CA and TLS certificate, dev key-encryption key. */
   keysDir: string;
+  /**
+   * KEYS_ENCRYPTION_KEY: key-encryption keys for the signing keys in the database, each 32
+   * random bytes in base64url or `file:<path>` holding them; the first encrypts, all decrypt.
+   * Unset outside production: a development one in KEYS_DIR.
+   */
+  keysEncryptionKeys: Buffer[] | undefined;
+  /** KEY_ROTATION_DAYS: a new signing key when the signer is this old (fractions allowed); 0: never. */
+  keyRotationDays: number;
   /** ACCESS_TOKEN_TTL: default access-token lifetime, seconds. */
   accessTokenTtl: number;
   /** MAX_ACCESS_TOKEN_TTL: cap on any client's TTL, seconds; also how long a retired key stays published. */
@@ -59,7 +67,7 @@ export interface Settings {
   maxAssertionLifetime: number;
   /** JWKS_MAX_AGE: Cache-Control max-age of /jwks, seconds; a new key signs only after it was published this long. */
   jwksMaxAge: number;
-  /** KEYS_RELOAD_SECONDS: how often a running server re-reads KEYS_DIR. */
+  /** KEYS_RELOAD_SECONDS: how often a running server re-reads the signing keys (NOTIFY tells it at once on PostgreSQL). */
   keysReloadSeconds: number;
   /** CLIENT_CACHE_SECONDS: how long a client record is served from memory; the bound on disable/enable taking effect. */
   clientCacheSeconds: number;
@@ -144,6 +152,65 @@ function cidr(name: string, raw: string, entry: string): string {
   return entry;
 }
 
+const KEK_FORMAT = '32 random bytes in base64url (43 characters) or file:<path> holding them, comma-separated';
+
+/** Never echoes a key: the value printed is the entry's file name, or <redacted>. */
+function keyEncryptionKeys(env: Env): Buffer[] | undefined {
+  const raw = env.KEYS_ENCRYPTION_KEY;
+  if (raw === undefined || raw.trim() === '') return undefined;
+  return raw.split(',').map((entry) => {
+    entry = entry.trim();
+    let text = entry;
+    if (entry.startsWith('file:')) {
+      try {
+        text = readFileSync(entry.slice(5), 'utf8').trim();
+      } catch {
+        fail('KEYS_ENCRYPTION_KEY', entry, `a readable file (${KEK_FORMAT})`);
+      }
+    }
+    const key = /^[A-Za-z0-9_-]{43}$/.test(text) ? Buffer.from(text, 'base64url') : undefined;
+    if (key?.length !== 32) fail('KEYS_ENCRYPTION_KEY', entry.startsWith('file:') ? entry : '<redacted>', KEK_FORMAT);
+    return key;
+  });
+}
+
+function decimal(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!/^\d+(\.\d+)?$/.test(raw) || value < min || value > max) fail(name, raw, `a number from ${min} to ${max}`);
+  return value;
+}
+
+/** What the signing keys need: the server's part and the whole of `npm run keys`. */
+export type KeySettings = Pick<Settings, 'databaseUrl' | 'dataDir' | 'migrationsDir' | 'keysDir' | 'keysEncryptionKeys'
+  | 'keyRotationDays' | 'jwksMaxAge' | 'keysReloadSeconds' | 'maxAccessTokenTtl' | 'production'>;
+
+function keySettings(env: Env): KeySettings {
+  const databaseUrl = env.DATABASE_URL || undefined;
+  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    fail('DATABASE_URL', '<redacted>', 'a postgres:// or postgresql:// URL');
+  }
+  return {
+    databaseUrl,
+    dataDir: resolve(env.DATA_DIR || 'data'),
+    migrationsDir: resolve(env.MIGRATIONS_DIR || 'migrations'),
+    keysDir: resolve(env.KEYS_DIR || 'keys'),
+    keysEncryptionKeys: keyEncryptionKeys(env),
+    keyRotationDays: decimal(env, 'KEY_ROTATION_DAYS', 30, 0, 3650),
+    jwksMaxAge: integer(env, 'JWKS_MAX_AGE', 300, 0, 86400),
+    keysReloadSeconds: integer(env, 'KEYS_RELOAD_SECONDS', 30, 1, 60),
+    maxAccessTokenTtl: integer(env, 'MAX_ACCESS_TOKEN_TTL', 3600, 1, 86400),
+    production: env.NODE_ENV === 'production',
+  };
+}
+
+function requireKeyEncryptionKey(settings: KeySettings): void {
+  if (settings.production && !settings.keysEncryptionKeys) {
+    fail('KEYS_ENCRYPTION_KEY', '', `${KEK_FORMAT}, when NODE_ENV=production`);
+  }
+}
+
 /**
  * The settings each operator command reads (besides NODE_ENV). A command sees only these:
  * the others keep their defaults, and the server's own requirements (ISSUER, TLS files) are
@@ -152,7 +219,7 @@ function cidr(name: string, raw: string, entry: string): string {
 export const COMMAND_SETTINGS = {
   migrate: ['DATABASE_URL', 'DATA_DIR', 'MIGRATIONS_DIR'],
   client: ['DATABASE_URL', 'DATA_DIR', 'MIGRATIONS_DIR', 'KEYS_DIR', 'PORT', 'ISSUER', 'ACCESS_TOKEN_TTL', 'MAX_ACCESS_TOKEN_TTL'],
-  keys: ['KEYS_DIR', 'ACCESS_TOKEN_TTL', 'MAX_ACCESS_TOKEN_TTL', 'JWKS_MAX_AGE', 'KEYS_RELOAD_SECONDS'],
+  keys: ['DATABASE_URL', 'DATA_DIR', 'MIGRATIONS_DIR', 'KEYS_DIR', 'KEYS_ENCRYPTION_KEY', 'ACCESS_TOKEN_TTL', 'MAX_ACCESS_TOKEN_TTL', 'JWKS_MAX_AGE', 'KEYS_RELOAD_SECONDS'],
 } as const;
 
 export type OperatorCommand = keyof typeof COMMAND_SETTINGS;
@@ -217,7 +284,9 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     fail('WORKERS', workersRaw, '1 with the embedded database (set DATABASE_URL for more)');
   }
 
+  const keys = keySettings(env);
   const settings: Settings = {
+    ...keys,
     port,
     host,
     managementPort,
@@ -225,9 +294,6 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     tlsHandshakeTimeout: integer(env, 'TLS_HANDSHAKE_TIMEOUT', 10, 1, 300),
     maxConnectionsPerAddress: integer(env, 'MAX_CONNECTIONS_PER_ADDRESS', 256, 1, 1000000),
     issuer,
-    databaseUrl,
-    dataDir: resolve(env.DATA_DIR || 'data'),
-    migrationsDir: resolve(env.MIGRATIONS_DIR || 'migrations'),
     migrateOnStart: bool(env, 'MIGRATE_ON_START', true),
     tlsMode,
     tlsCert: file(env, 'TLS_CERT'),
@@ -237,13 +303,10 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     clientCertHeader,
     jwksUriAllowPrivate: bool(env, 'JWKS_URI_ALLOW_PRIVATE', false),
     jwksUriCa: file(env, 'JWKS_URI_CA'),
-    keysDir: resolve(env.KEYS_DIR || 'keys'),
     accessTokenTtl,
     maxAccessTokenTtl,
     // 3600: what authlib and Google's libraries sign by default.
     maxAssertionLifetime: integer(env, 'MAX_ASSERTION_LIFETIME', 3600, 60, 3600),
-    jwksMaxAge: integer(env, 'JWKS_MAX_AGE', 300, 0, 86400),
-    keysReloadSeconds: integer(env, 'KEYS_RELOAD_SECONDS', 30, 1, 60),
     clientCacheSeconds: integer(env, 'CLIENT_CACHE_SECONDS', 10, 0, 10),
     maxBodyBytes: integer(env, 'MAX_BODY_BYTES', 16384, 1024, 1048576),
     authFailureLimit: integer(env, 'AUTH_FAILURE_LIMIT', 10, 1, 100000),
@@ -254,7 +317,6 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     workers,
     logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const),
     logBufferKb: integer(env, 'LOG_BUFFER_KB', 16384, 64, 262144),
-    production,
   };
 
   if (production && (!command || (COMMAND_SETTINGS[command] as readonly string[]).includes('DATABASE_URL'))) {
@@ -266,5 +328,6 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
       fail(settings.tlsCert ? 'TLS_KEY' : 'TLS_CERT', '', 'a PEM file when NODE_ENV=production and TLS_MODE=direct');
     }
   }
+  if (!command || (COMMAND_SETTINGS[command] as readonly string[]).includes('KEYS_ENCRYPTION_KEY')) requireKeyEncryptionKey(settings);
   return Object.freeze(settings);
 }

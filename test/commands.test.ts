@@ -3,6 +3,7 @@
 // NODE_ENV=production (which needs a PostgreSQL server: TEST_DATABASE_URL). On the embedded
 // database the same commands run outside production, with the server's settings broken.
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 
 import { createWorkspace, ROOT, type CommandResult, type Workspace } from './helpers/server.ts';
@@ -62,10 +63,14 @@ test(`migrate, client add, migrate, client list and rollback with only the datab
   ok(await command('client', ['list', '--json'], SERVER_ONLY));
 }, 180_000);
 
-test('keys needs no ISSUER, TLS files or database', async () => {
-  const result = await command('keys', ['list', '--json'], { ...SERVER_ONLY, KEYS_DIR: workspace.keysDir });
+test('keys needs no ISSUER or TLS files: the database and the key-encryption key', async () => {
+  const keys = { ...SERVER_ONLY, KEYS_DIR: workspace.keysDir, KEYS_ENCRYPTION_KEY: randomBytes(32).toString('base64url') };
+  expect((await command('migrate', ['latest'])).code).toBe(0);
+  const generated = await command('keys', ['generate', '--json'], keys);
+  expect({ code: generated.code, stderr: generated.stderr }).toEqual({ code: 0, stderr: '' });
+  const result = await command('keys', ['list', '--json'], keys);
   expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' });
-  expect(JSON.parse(result.stdout)).toEqual([]);
+  expect((JSON.parse(result.stdout) as { kid: string }[]).map((k) => k.kid)).toEqual([(JSON.parse(generated.stdout) as { kid: string }).kid]);
 });
 
 test('a setting a command uses is still checked: one line naming it, exit 2', async () => {

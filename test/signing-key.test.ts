@@ -5,7 +5,7 @@ import { generateKeyPairSync, verify } from 'node:crypto';
 import { RsaSigningKey } from '../src/oauth/signing-key.ts';
 
 const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-const key = new RsaSigningKey({ kid: 'k1', jwk: publicKey.export({ format: 'jwk' }), privateKey, publishedAt: 0, signsFrom: 0 });
+const key = new RsaSigningKey({ kid: 'k1', jwk: publicKey.export({ format: 'jwk' }), privateKey, publishedAt: 0, signsFrom: 0, origin: 'test', order: 1 });
 
 test('40 signatures asked for in one turn (more than one batch) each verify against their own data', async () => {
   const data = Array.from({ length: 40 }, (_, i) => Buffer.from(`header.payload-${i}`));

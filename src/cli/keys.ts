@@ -1,40 +1,76 @@
-// `npm run keys -- generate|list|retire <kid>`: the signing keys in KEYS_DIR. A running
-// server notices changes within KEYS_RELOAD_SECONDS.
-import { mkdirSync } from 'node:fs';
+// `npm run keys -- generate|list|retire <kid>|import <pem file>|reencrypt`: the signing keys
+// in the database. Needs only the database and the key-encryption key. Running servers hear
+// of a change at once (NOTIFY on PostgreSQL) or within KEYS_RELOAD_SECONDS.
+import { createPrivateKey, type KeyObject } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 
 import { Command } from 'commander';
 
-import { generateKey, readKeys, retireKey, stateOf } from '../keys/signing-keys.ts';
 import { InputError } from '../clients/validate.ts';
+import { keyEncryption } from '../keys/key-encryption.ts';
+import { addKey, generateSigningKey, KeyRefusal, loadKeys, reencryptKeys, retireKey, stateOf, type Added } from '../keys/signing-keys.ts';
+import { openDatabase, type OpenDatabase } from '../storage/database.ts';
 import { commandSettings, run, say } from './output.ts';
 
 const settings = commandSettings('keys');
 const times = { jwksMaxAge: settings.jwksMaxAge, reloadSeconds: settings.keysReloadSeconds, maxTokenTtl: settings.maxAccessTokenTtl };
-const iso = (epoch: number) => (Number.isFinite(epoch) ? new Date(epoch * 1000).toISOString() : '-');
+const iso = (epoch: number) => new Date(epoch * 1000).toISOString();
 
-const program = new Command('keys').description('manage the token signing keys');
+/** Opens the database for one command; a refusal of the schedule is one line, exit 2. */
+async function withDatabase<T>(work: (database: OpenDatabase) => Promise<T>): Promise<T> {
+  const database = openDatabase(settings);
+  try {
+    const table = await database.db.raw("SELECT to_regclass('signing_keys') AS t");
+    if (!(table as { rows: { t: unknown }[] }).rows[0]?.t) throw new InputError('the database has no signing_keys table: run `npm run migrate` first');
+    return await work(database);
+  } catch (err) {
+    throw err instanceof KeyRefusal ? new InputError(err.message) : err;
+  } finally {
+    await database.close();
+  }
+}
+
+function reportAdded(json: boolean | undefined, added: Added, verb: string): void {
+  const signsFrom = added.signsNow ? 'now' : iso(added.signsFrom);
+  say(json, { kid: added.kid, state: added.signsNow ? 'signing' : 'pending', signs_from: signsFrom }, [
+    `${verb} ${added.kid}: published now, signs from ${signsFrom}.`,
+  ]);
+}
+
+const program = new Command('keys').description('manage the token signing keys (in the database)');
 program.exitOverride();
 
 program.command('generate')
   .description('add a new RSA-2048 signing key: published at once, signing once /jwks caches have caught up')
   .option('--json', 'print one JSON object')
   .action((options: { json?: boolean }) => run(async () => {
-    mkdirSync(settings.keysDir, { recursive: true });
-    const kid = await generateKey(settings.keysDir);
-    const set = await readKeys(settings.keysDir, times);
-    const key = set.all.find((k) => k.kid === kid)!;
-    const signsFrom = set.signer?.kid === kid ? 'now' : iso(key.signsFrom);
-    say(options.json, { kid, state: stateOf(key, set), signs_from: signsFrom }, [
-      `Generated ${kid}: published now, signs from ${signsFrom}.`,
-    ]);
+    const encryption = keyEncryption(settings);
+    const privateKey = await generateSigningKey();
+    const added = await withDatabase(({ db }) => addKey(db, encryption, times, privateKey, 'command'));
+    reportAdded(options.json, added!, 'Generated');
+  }));
+
+program.command('import <pem>')
+  .description('add an existing RSA private key (PEM file), scheduled like a generated one')
+  .option('--json', 'print one JSON object')
+  .action((file: string, options: { json?: boolean }) => run(async () => {
+    const encryption = keyEncryption(settings);
+    let privateKey: KeyObject;
+    try {
+      privateKey = createPrivateKey(readFileSync(file));
+    } catch (err) {
+      throw new InputError(`${file} is not a readable PEM private key (${(err as Error).message})`);
+    }
+    const added = (await withDatabase(({ db }) => addKey(db, encryption, times, privateKey, 'import')))!;
+    if (!added.added) throw new InputError(`key ${added.kid} is in the database already`);
+    reportAdded(options.json, added, 'Imported');
   }));
 
 program.command('list')
   .description('list the signing keys and their state')
   .option('--json', 'print one JSON array')
   .action((options: { json?: boolean }) => run(async () => {
-    const set = await readKeys(settings.keysDir, times);
-    for (const problem of set.problems) process.stderr.write(`unusable: ${problem}\n`);
+    const set = await withDatabase(({ db }) => loadKeys(db));
     const rows = set.all.map((k) => ({
       kid: k.kid,
       state: stateOf(k, set),
@@ -42,6 +78,8 @@ program.command('list')
       signs_from: k.retiredAt === undefined ? iso(k.signsFrom) : null,
       retired_at: k.retiredAt === undefined ? null : iso(k.retiredAt),
       unpublish_at: k.unpublishAt === undefined ? null : iso(k.unpublishAt),
+      kek_id: k.kekId ?? null,
+      origin: k.origin,
     }));
     if (options.json) {
       process.stdout.write(`${JSON.stringify(rows)}\n`);
@@ -49,31 +87,33 @@ program.command('list')
     }
     if (!rows.length) process.stdout.write('no signing keys\n');
     for (const r of rows) {
-      const when = r.retired_at ? `retired ${r.retired_at}, unpublished from ${r.unpublish_at}` : `published ${r.published_at}, signs from ${r.signs_from}`;
+      const when = r.retired_at ? `retired ${r.retired_at}, unpublished from ${r.unpublish_at}` : `published ${r.published_at}, signs from ${r.signs_from}, encrypted under ${r.kek_id}`;
       process.stdout.write(`${r.kid}  ${r.state.padEnd(9)}  ${when}\n`);
     }
   }));
 
 program.command('retire <kid>')
-  .description('stop signing with a key; it stays in /jwks until every token it signed has expired')
-  .option('--force', 'retire even when no other key has been published long enough to take over')
+  .description('stop signing with a key and delete its private part; it stays in /jwks until every token it signed has expired')
+  .option('--force', 'retire the signer even before its successor has been published long enough to take over')
   .option('--json', 'print one JSON object')
   .action((kid: string, options: { force?: boolean; json?: boolean }) => run(async () => {
-    const set = await readKeys(settings.keysDir, times);
-    const key = set.all.find((k) => k.kid === kid);
-    if (!key) throw new InputError(`no signing key ${kid} in ${settings.keysDir}`);
-    if (key.retiredAt !== undefined) throw new InputError(`key ${kid} is already retired`);
-    const now = Math.floor(Date.now() / 1000);
-    const successors = set.all.filter((k) => k.kid !== kid && k.privateKey);
-    if (!successors.length) throw new InputError(`key ${kid} is the only signing key: run \`npm run keys -- generate\` first`);
-    if (!options.force && !successors.some((k) => k.signsFrom <= now)) {
-      throw new InputError(`no other key has been published for ${times.jwksMaxAge + times.reloadSeconds} s yet (earliest: ${iso(Math.min(...successors.map((k) => k.signsFrom)))}); wait, or use --force`);
-    }
-    await retireKey(settings.keysDir, kid, now);
-    const after = await readKeys(settings.keysDir, times);
-    const retired = after.all.find((k) => k.kid === kid)!;
-    say(options.json, { kid, state: 'retired', unpublish_at: iso(retired.unpublishAt!) }, [
-      `Retired ${kid}: its private key is deleted; it stays in /jwks until ${iso(retired.unpublishAt!)}.`,
+    const retired = await withDatabase(({ db }) => retireKey(db, times, kid, { force: options.force ?? false }));
+    say(options.json, { kid, state: 'retired', retired_at: iso(retired.retiredAt), unpublish_at: iso(retired.unpublishAt) }, [
+      `Retired ${kid}: its private key is deleted; it stays in /jwks until ${iso(retired.unpublishAt)}.`,
+    ]);
+  }));
+
+program.command('reencrypt')
+  .description('re-encrypt every stored private key under the first KEYS_ENCRYPTION_KEY (after adding a new one in front)')
+  .option('--json', 'print one JSON object')
+  .action((options: { json?: boolean }) => run(async () => {
+    const encryption = keyEncryption(settings);
+    const done = await withDatabase(({ db }) => reencryptKeys(db, encryption).catch((err: unknown) => {
+      throw new InputError(`${(err as Error).message}; nothing was changed`);
+    }));
+    say(options.json, { kek_id: encryption.current.id, reencrypted: done.reencrypted, already: done.kept }, [
+      `Re-encrypted ${done.reencrypted.length} key(s) under key-encryption key ${encryption.current.id}; ${done.kept.length} already were.`,
+      ...(encryption.keks.length > 1 ? ['Every key now decrypts with the first key-encryption key alone: the others can be removed from KEYS_ENCRYPTION_KEY.'] : []),
     ]);
   }));
 

@@ -1,10 +1,12 @@
 // PostgreSQL LISTEN, so a running server hears at once when a migration changes a client
-// (it drops the cached entry) or another process revokes a token (it adds the id to its
-// list). The embedded database is opened by this process alone: nothing else changes it.
+// (it drops the cached entry), another process revokes a token (it adds the id to its
+// list) or the signing keys change (it reads them again). The embedded database is opened by this process alone: nothing else changes it.
 import pg from 'pg';
 
 export const CLIENT_CHANNEL = 'm2m_client_changed';
 export const REVOCATION_CHANNEL = 'm2m_token_revoked';
+/** Any change to the signing keys (a trigger on the table): read them again. */
+export const KEYS_CHANNEL = 'm2m_signing_keys_changed';
 
 export interface Listener {
   close(): Promise<void>;

@@ -1,0 +1,82 @@
+// A running server's view of the signing keys: read from the database at start, then again
+// whenever a NOTIFY says they changed and every KEYS_RELOAD_SECONDS (for a lost notification,
+// and for a key whose time to sign or to leave /jwks has come). Never read per token: the
+// server rebuilds its app only when the set it would serve changes. Each read also does
+// what automatic rotation asks, under the schedule's lock.
+import type { Logger } from '../log.ts';
+import type { Database } from '../storage/database.ts';
+import type { KeyEncryption } from './key-encryption.ts';
+import { loadKeys, rotate, type KeySet, type ScheduleTimes } from './signing-keys.ts';
+
+export interface KeyReloaderOptions {
+  db: Database;
+  encryption: KeyEncryption;
+  times: ScheduleTimes;
+  /** KEY_ROTATION_DAYS in seconds; 0: no automatic rotation. */
+  rotationSeconds: number;
+  logger: Logger;
+  /** The set served now. */
+  current: KeySet;
+  /** A set that differs in its signer or published keys: serve it. */
+  onChange(next: KeySet): void;
+  onRotation?(event: 'generated' | 'retired'): void;
+}
+
+export interface KeyReloader {
+  /** Reads the keys now (coalesced: one read at a time, one more if asked meanwhile). */
+  reload(reason: string): Promise<void>;
+  stop(): void;
+}
+
+export function reloadKeys(options: KeyReloaderOptions): KeyReloader {
+  const { db, encryption, times, rotationSeconds, logger } = options;
+  let current = options.current;
+  let running: Promise<void> | undefined;
+  let again = false;
+
+  const once = async (reason: string) => {
+    let next = await loadKeys(db, encryption);
+    const rotated = await rotate(db, encryption, times, rotationSeconds, next);
+    if (rotated.generated) {
+      logger.info({ kid: rotated.generated, replaces: rotated.replaces }, 'automatic rotation: generated the successor of the signing key');
+      options.onRotation?.('generated');
+    }
+    if (rotated.retired) {
+      logger.info({ kid: rotated.retired }, 'automatic rotation: retired the replaced key, its successor signs');
+      options.onRotation?.('retired');
+    }
+    if (rotated.generated || rotated.retired) next = await loadKeys(db, encryption);
+    for (const problem of next.problems) logger.error({ problem }, 'a signing key does not decrypt with KEYS_ENCRYPTION_KEY');
+    if (next.fingerprint === current.fingerprint) return;
+    // Never sign with something other than the schedule's signer: keep serving the current set.
+    if (!next.signer?.privateKey) {
+      logger.error({ signer: next.signer?.kid ?? null }, 'the scheduled signing key cannot be used; keeping the current keys');
+      return;
+    }
+    logger.info({ signer: next.signer.kid, published: next.published.map((k) => k.kid), reason }, 'signing keys changed');
+    current = next;
+    options.onChange(next);
+  };
+
+  const reload = (reason: string): Promise<void> => {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await once(reason).catch((err: unknown) => logger.error({ err: (err as Error).message }, 'reading signing keys failed; keeping the current ones'));
+        } while (again);
+      } finally {
+        running = undefined;
+      }
+    })();
+    return running;
+  };
+
+  const timer = setInterval(() => void reload('poll'), times.reloadSeconds * 1000);
+  timer.unref();
+  return { reload, stop: () => clearInterval(timer) };
+}
