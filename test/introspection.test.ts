@@ -1,9 +1,9 @@
 // RFC 7662 introspection and RFC 7009 revocation of our JWT access tokens.
-import { createHmac, createPrivateKey, createPublicKey, sign } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { createHmac, createPublicKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { generateKeyPair, SignJWT } from 'jose';
+import { calculateJwkThumbprint, generateKeyPair, SignJWT, type JWK } from 'jose';
 
 import { addClient, applyPending, createWorkspace, decodeJwtPart, eventually, sleep, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
 
@@ -12,9 +12,15 @@ const OTHER = 'https://billing.example.test';
 let workspace: Workspace;
 let server: RunningServer;
 const secrets: Record<string, string> = {};
+/** Our signing key: a key file left in KEYS_DIR, which the first start imports as the signer. */
+let signingKey: KeyObject;
 
 beforeAll(async () => {
   workspace = await createWorkspace();
+  const pair = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  signingKey = pair.privateKey;
+  const kid = await calculateJwkThumbprint(pair.publicKey.export({ format: 'jwk' }) as JWK, 'sha256');
+  writeFileSync(join(workspace.keysDir, `sig-${kid}.pem`), signingKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
   const register = async (id: string, args: string[]) => {
     secrets[id] = (await addClient(workspace, id, ['--auth', 'client_secret_basic', ...args])).client_secret!;
   };
@@ -87,11 +93,10 @@ test('a token signed by a key that is not ours is inactive, even with our kid', 
   expect((await introspect(forged)).body).toEqual({ active: false });
 });
 
-// Signed with our own signing key (read from KEYS_DIR), so only the rule under test differs
-// from a token we issue. The first case is the control: the forging itself is sound.
+// Signed with our own signing key, so only the rule under test differs from a token we
+// issue. The first case is the control: the forging itself is sound.
 test('a token signed with our key is inactive when any rule is broken', async () => {
-  const file = readdirSync(workspace.keysDir).find((f) => /^sig-.*\.pem$/.test(f))!;
-  const key = createPrivateKey(readFileSync(join(workspace.keysDir, file), 'utf8'));
+  const key = signingKey;
   const real = await token('svc');
   const header = decodeJwtPart(real, 0);
   const claims = decodeJwtPart(real, 1);

@@ -1,29 +1,24 @@
-// Signing-key rotation on a running server, as an operator does it: `keys generate`, wait,
-// `keys retire`. A resource API verifying with jose against /jwks must never meet a kid it
-// cannot find, and tokens signed before a rotation keep verifying.
-import { generateKeyPairSync } from 'node:crypto';
-import { existsSync, mkdirSync, renameSync, utimesSync, writeFileSync } from 'node:fs';
+// Signing keys in the database, as operators and resource APIs meet them: two instances on
+// one database agree on every key; `keys generate|retire|import|reencrypt` from a third
+// process reach both; the private parts are never stored in clear; a wrong key-encryption
+// key stops the start; an upgrade from key files keeps every kid and the signer; automatic
+// rotation makes one key per rotation. No assertion races a clock: the schedule's times are
+// settings, every "not before" is checked against the database's own times, and every wait
+// is for an outcome with a generous deadline.
+import { execFile } from 'node:child_process';
+import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { calculateJwkThumbprint, createRemoteJWKSet, customFetch, jwtVerify, type JWK } from 'jose';
 import { fetch as undiciFetch } from 'undici';
 
-import { addClient, createWorkspace, decodeJwtPart, eventually, sleep, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
+import { addClient, createWorkspace, decodeJwtPart, eventually, freePort, ROOT, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
 
 const API = 'https://api.example.test';
-const JWKS_MAX_AGE = 3;
-const KEYS_RELOAD_SECONDS = 1;
-const MAX_ACCESS_TOKEN_TTL = 5;
-/** A new key signs only after it has been published this long. */
-const SIGNING_DELAY = JWKS_MAX_AGE + KEYS_RELOAD_SECONDS;
-/** A running server notices a key file change within one reload interval; one more second for the CLI and polling. */
-const NOTICE_MS = (KEYS_RELOAD_SECONDS + 1) * 1000;
-const SCHEDULE = {
-  JWKS_MAX_AGE: String(JWKS_MAX_AGE),
-  KEYS_RELOAD_SECONDS: String(KEYS_RELOAD_SECONDS),
-  MAX_ACCESS_TOKEN_TTL: String(MAX_ACCESS_TOKEN_TTL),
-  ACCESS_TOKEN_TTL: String(MAX_ACCESS_TOKEN_TTL),
-};
+const ON_POSTGRES = Boolean(process.env.TEST_DATABASE_URL);
+/** Two server processes on one database need PostgreSQL: only one process may open the embedded one. */
+const twoInstances = ON_POSTGRES ? describe : describe.skip;
 
 interface KeyRow {
   kid: string;
@@ -32,6 +27,9 @@ interface KeyRow {
   signs_from: string | null;
   retired_at: string | null;
   unpublish_at: string | null;
+  kek_id: string | null;
+  origin: string;
+  replaces: string | null;
 }
 
 interface Issued {
@@ -42,6 +40,7 @@ interface Issued {
 }
 
 const epoch = (iso: string) => Date.parse(iso) / 1000;
+const newKek = () => randomBytes(32).toString('base64url');
 
 async function token(server: RunningServer, secret: string): Promise<Issued> {
   const res = await server.post('/token', { grant_type: 'client_credentials' }, { basic: ['svc', secret] });
@@ -52,40 +51,35 @@ async function token(server: RunningServer, secret: string): Promise<Issued> {
   return { token, kid, iat, exp };
 }
 
-async function publishedKids(server: RunningServer): Promise<string[]> {
+async function jwks(server: RunningServer): Promise<{ kid: string; d?: string }[]> {
   const res = await server.fetch('/jwks');
   expect(res.status).toBe(200);
   const body = await res.json() as { keys: { kid: string; d?: string }[] };
   expect(body.keys.every((k) => k.d === undefined)).toBe(true);
-  return body.keys.map((k) => k.kid);
+  return body.keys;
 }
 
-async function listKeys(workspace: Workspace): Promise<KeyRow[]> {
-  const result = await workspace.cli('keys', ['list', '--json']);
+const publishedKids = async (server: RunningServer) => (await jwks(server)).map((k) => k.kid);
+
+async function listKeys(workspace: Workspace, env: Record<string, string> = {}): Promise<KeyRow[]> {
+  const result = await workspace.cli('keys', ['list', '--json'], env);
   expect(result).toMatchObject({ code: 0, stderr: '' });
   return JSON.parse(result.stdout) as KeyRow[];
 }
 
-/**
- * When a token was valid. Earlier tokens are verified as of then: their lifetime here is the
- * test's short MAX_ACCESS_TOKEN_TTL, and what is checked is that /jwks still has their key.
- */
-const validAt = (issued: Issued) => new Date(issued.iat * 1000);
-
-/** A resource API: jose's remote JWK Set on /jwks, trusting the development CA. */
-function verifyWithJwks(server: RunningServer, token: string, currentDate?: Date) {
-  const fetchWithCa = (url: string, init: RequestInit) => undiciFetch(url, { ...(init as object), dispatcher: server.agent() }) as unknown as Promise<Response>;
-  const jwks = createRemoteJWKSet(new URL(`${server.issuer}/jwks`), { [customFetch]: fetchWithCa });
-  return jwtVerify(token, jwks, {
-    issuer: server.issuer, audience: API, typ: 'at+jwt', algorithms: ['RS256'], ...(currentDate ? { currentDate } : {}),
-  });
+/** A resource API: jose's remote JWK Set on `jwksOf`'s /jwks, checking the token's own issuer. */
+async function verifyWith(jwksOf: RunningServer, issued: Issued) {
+  const fetchWithCa = (url: string, init: RequestInit) => undiciFetch(url, { ...(init as object), dispatcher: jwksOf.agent() }) as unknown as Promise<Response>;
+  const set = createRemoteJWKSet(new URL(`${jwksOf.issuer}/jwks`), { [customFetch]: fetchWithCa });
+  const { iss } = decodeJwtPart(issued.token, 1) as { iss: string };
+  // As of when it was issued: what is checked is that /jwks has its key.
+  return jwtVerify(issued.token, set, { issuer: iss, audience: API, typ: 'at+jwt', algorithms: ['RS256'], currentDate: new Date(issued.iat * 1000) });
 }
 
-/** An RSA key file as an operator would bring one (openssl genpkey): `sig-<thumbprint>.pem`. */
-async function keyFile(): Promise<{ kid: string; name: string; pem: string }> {
+async function rsaKey(): Promise<{ kid: string; privateKey: KeyObject; pem: string; jwk: JWK }> {
   const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   const kid = await calculateJwkThumbprint(publicKey.export({ format: 'jwk' }) as JWK, 'sha256');
-  return { kid, name: `sig-${kid}.pem`, pem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string };
+  return { kid, privateKey, pem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, jwk: privateKey.export({ format: 'jwk' }) as JWK };
 }
 
 function expectOneLineRefusal(result: { code: number; stdout: string; stderr: string }, pattern: RegExp) {
@@ -95,276 +89,386 @@ function expectOneLineRefusal(result: { code: number; stdout: string; stderr: st
   expect(result.stderr).toMatch(pattern);
 }
 
-describe('rotation while the server runs', () => {
+async function migrate(workspace: Workspace): Promise<void> {
+  expect(await workspace.cli('migrate', ['latest'])).toMatchObject({ code: 0 });
+}
+
+/** Every table's rows, as test/helpers/dump-db.ts prints them. */
+async function dumpDatabase(workspace: Workspace, env: Record<string, string> = {}): Promise<string> {
+  return new Promise((done, fail) => {
+    execFile(process.execPath, [join(ROOT, 'test', 'helpers', 'dump-db.ts')], { cwd: workspace.dir, env: { ...workspace.env, ...env }, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      if (err) fail(new Error(stderr));
+      else done(stdout);
+    });
+  });
+}
+
+/** Asks both servers for tokens until `until` holds; returns every token issued meanwhile. */
+async function tokensUntil(servers: RunningServer[], secret: string, until: (latest: Issued[]) => boolean, ms: number, what: string): Promise<Issued[]> {
+  const all: Issued[] = [];
+  await eventually(async () => {
+    const latest = await Promise.all(servers.map((s) => token(s, secret)));
+    all.push(...latest);
+    return until(latest);
+  }, ms, what);
+  return all;
+}
+
+twoInstances('two instances on one database (PostgreSQL only: the embedded database opens in one process)', () => {
+  const JWKS_MAX_AGE = 2;
+  const KEYS_RELOAD_SECONDS = 1;
+  const MAX_ACCESS_TOKEN_TTL = 40;
+  /** Generous: a loaded machine may take seconds for what takes milliseconds. */
+  const DEADLINE_MS = 30_000;
   let workspace: Workspace;
-  let server: RunningServer;
+  let a: RunningServer;
+  let b: RunningServer;
   let secret: string;
   let k1: string;
   let k2: string;
-  let t1: Issued;
-  /** The last token K1 signed before K2 took over. */
-  let lastByK1: Issued;
+  const issuedBy = new Map<string, Issued[]>();
+  const keep = (tokens: Issued[]) => tokens.forEach((t) => issuedBy.set(t.kid, [...(issuedBy.get(t.kid) ?? []), t]));
 
   beforeAll(async () => {
-    workspace = await createWorkspace(SCHEDULE);
+    workspace = await createWorkspace({
+      JWKS_MAX_AGE: String(JWKS_MAX_AGE),
+      KEYS_RELOAD_SECONDS: String(KEYS_RELOAD_SECONDS),
+      MAX_ACCESS_TOKEN_TTL: String(MAX_ACCESS_TOKEN_TTL),
+      ACCESS_TOKEN_TTL: String(MAX_ACCESS_TOKEN_TTL),
+      KEYS_ENCRYPTION_KEY: newKek(),
+      KEY_ROTATION_DAYS: '0',
+    });
     ({ client_secret: secret } = (await addClient(workspace, 'svc', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string });
-    server = await startServer(workspace);
+    a = await startServer(workspace);
+    const port = await freePort();
+    b = await startServer(workspace, { PORT: String(port), ISSUER: `https://localhost:${port}` });
   });
 
   afterAll(async () => {
-    await server?.stop();
+    await a?.stop();
+    await b?.stop();
     await workspace?.remove();
   });
 
-  test('the first key (generated on first start) signs and is the only one published', async () => {
+  test('both publish the same /jwks and sign with the same key; a token from either verifies against the other', async () => {
     const keys = await listKeys(workspace);
-    expect(keys).toHaveLength(1);
-    expect(keys[0]).toMatchObject({ state: 'signing', retired_at: null, unpublish_at: null });
+    expect(keys.map((k) => [k.state, k.origin])).toEqual([['signing', 'first-start']]);
     k1 = keys[0]!.kid;
-    t1 = await token(server, secret);
-    expect(t1.kid).toBe(k1);
-    expect(await publishedKids(server)).toEqual([k1]);
-    const { protectedHeader } = await verifyWithJwks(server, t1.token);
-    expect(protectedHeader.kid).toBe(k1);
+    expect(await jwks(a)).toEqual(await jwks(b));
+    expect(await publishedKids(a)).toEqual([k1]);
+    const [fromA, fromB] = [await token(a, secret), await token(b, secret)];
+    expect([fromA.kid, fromB.kid]).toEqual([k1, k1]);
+    expect((await verifyWith(b, fromA)).protectedHeader.kid).toBe(k1);
+    expect((await verifyWith(a, fromB)).protectedHeader.kid).toBe(k1);
+    keep([fromA, fromB]);
   });
 
-  test('/jwks may be cached for exactly JWKS_MAX_AGE seconds', async () => {
-    const res = await server.fetch('/jwks');
-    expect(res.headers.get('cache-control')).toBe(`public, max-age=${JWKS_MAX_AGE}`);
-  });
-
-  test('keys generate: the new key is in /jwks within the reload interval while the old one keeps signing', async () => {
-    t1 = await token(server, secret);
+  test('keys generate from a third process: in both /jwks at once, signing in both only from its signs_from', async () => {
     const generated = await workspace.cli('keys', ['generate', '--json']);
     expect(generated).toMatchObject({ code: 0, stderr: '' });
     const out = JSON.parse(generated.stdout) as { kid: string; state: string; signs_from: string };
     k2 = out.kid;
-    expect(k2).not.toBe(k1);
     expect(out.state).toBe('pending');
-    expect(epoch(out.signs_from)).toBeGreaterThan(Date.now() / 1000);
+    const row = (await listKeys(workspace)).find((k) => k.kid === k2)!;
+    // The delay is the database's: published_at and signs_from come from its clock.
+    expect(epoch(row.signs_from!) - epoch(row.published_at)).toBeCloseTo(JWKS_MAX_AGE + KEYS_RELOAD_SECONDS, 2);
+    expect(epoch(out.signs_from)).toBeCloseTo(epoch(row.signs_from!), 2);
 
-    // All of this well within the new key's delay, so side by side.
-    const [refusal, keys] = await Promise.all([
-      // The signer cannot be retired before its successor may sign.
-      workspace.cli('keys', ['retire', k1]),
-      listKeys(workspace),
-      eventually(async () => (await publishedKids(server)).includes(k2), NOTICE_MS, `${k2} in /jwks`),
-    ]);
-    expectOneLineRefusal(refusal, /^error: no other key has been published for 4 s yet/);
-    expect(existsSync(join(workspace.keysDir, `sig-${k1}.pem`))).toBe(true);
-    expect(keys.map((k) => [k.kid, k.state])).toEqual([[k1, 'signing'], [k2, 'pending']]);
-
-    expect(await publishedKids(server)).toEqual([k1, k2]);
-    const meanwhile = await token(server, secret);
-    expect(meanwhile.kid).toBe(k1);
-    expect(meanwhile.iat).toBeLessThan(epoch(out.signs_from));
-
-    // Issued before the rotation began, still verifying against the new /jwks.
-    const { payload } = await verifyWithJwks(server, t1.token, validAt(t1));
-    expect(payload.jti).toBe(decodeJwtPart(t1.token, 1).jti);
+    await eventually(async () => (await publishedKids(a)).includes(k2) && (await publishedKids(b)).includes(k2), DEADLINE_MS, `${k2} in both /jwks`);
+    // Until both sign with K2, every token either signs is K1's, or K2's issued no earlier than K2 may sign.
+    const tokens = await tokensUntil([a, b], secret, (latest) => latest.every((t) => t.kid === k2), DEADLINE_MS, `${k2} signing in both`);
+    keep(tokens);
+    expect(tokens.some((t) => t.kid === k2)).toBe(true);
+    for (const t of tokens.filter((t) => t.kid === k2)) expect(t.iat).toBeGreaterThanOrEqual(Math.floor(epoch(row.signs_from!)));
+    expect(await jwks(a)).toEqual(await jwks(b));
+    expect(await publishedKids(a)).toEqual([k2, k1]);
+    // Tokens signed before and after the switch, by either, verify against either's /jwks.
+    for (const t of [issuedBy.get(k1)!.at(-1)!, issuedBy.get(k2)!.at(-1)!]) {
+      for (const server of [a, b]) await verifyWith(server, t);
+    }
   });
 
-  test('the new key signs once its schedule allows, never before, and earlier tokens keep verifying', async () => {
-    const signsFrom = epoch((await listKeys(workspace)).find((k) => k.kid === k2)!.signs_from!);
-    lastByK1 = t1;
-    let latest = t1;
-    await eventually(async () => {
-      const next = await token(server, secret);
-      if (next.kid === k1) lastByK1 = next;
-      latest = next;
-      return next.kid === k2;
-    }, (SIGNING_DELAY + KEYS_RELOAD_SECONDS + 2) * 1000, `${k2} signing`);
-    expect(latest.kid).toBe(k2);
-    expect(latest.iat).toBeGreaterThanOrEqual(signsFrom);
-    expect(lastByK1?.kid).toBe(k1);
-
-    // Each worker rereads KEYS_DIR on its own timer: within one interval all list K2 first.
-    let kids: string[] = [];
-    await eventually(async () => {
-      kids = await publishedKids(server);
-      return kids[0] === k2;
-    }, (KEYS_RELOAD_SECONDS + 2) * 1000, `${k2} listed first`);
-    expect(kids).toEqual([k2, k1]);
-    const keys = await listKeys(workspace);
-    expect(keys.map((k) => [k.kid, k.state])).toEqual([[k1, 'published'], [k2, 'signing']]);
-
-    const byK2 = await verifyWithJwks(server, latest.token);
-    expect(byK2.protectedHeader.kid).toBe(k2);
-    const byK1 = await verifyWithJwks(server, lastByK1.token, validAt(lastByK1));
-    expect(byK1.protectedHeader.kid).toBe(k1);
+  test('a pending key may be retired at once: it never signs', async () => {
+    const k3 = await workspace.cli('keys', ['generate', '--json']);
+    expect(k3.code).toBe(0);
+    const pendingKid = (JSON.parse(k3.stdout) as { kid: string }).kid;
+    expect((await workspace.cli('keys', ['retire', pendingKid, '--json'])).code).toBe(0);
+    expect((await listKeys(workspace)).find((k) => k.kid === pendingKid)?.state).toBe('retired');
   });
 
-  test('keys retire: the old key stays in /jwks until no token it signed can be unexpired, then leaves', async () => {
-    const retired = await workspace.cli('keys', ['retire', k1, '--json']);
+  test('keys retire of the signer (K1 older and ready): neither signs with it, both publish it until its tokens have expired', async () => {
+    const retired = await workspace.cli('keys', ['retire', k2, '--json']);
     expect(retired).toMatchObject({ code: 0, stderr: '' });
-    const out = JSON.parse(retired.stdout) as { kid: string; state: string; unpublish_at: string };
-    expect(out).toMatchObject({ kid: k1, state: 'retired' });
+    const out = JSON.parse(retired.stdout) as { kid: string; state: string; retired_at: string; unpublish_at: string };
     const unpublishAt = epoch(out.unpublish_at);
-    expect(existsSync(join(workspace.keysDir, `sig-${k1}.pem`))).toBe(false);
+    expect(unpublishAt - epoch(out.retired_at)).toBeCloseTo(2 * KEYS_RELOAD_SECONDS + MAX_ACCESS_TOKEN_TTL, 2);
 
-    // Listed while the server notices the retirement (one reload interval).
-    const [keys] = await Promise.all([listKeys(workspace), sleep(KEYS_RELOAD_SECONDS * 1000 + 200)]);
-    expect(keys.map((k) => [k.kid, k.state])).toEqual([[k1, 'retired'], [k2, 'signing']]);
-    const row = keys.find((k) => k.kid === k1)!;
-    expect(row.signs_from).toBeNull();
-    expect(epoch(row.unpublish_at!)).toBe(unpublishAt);
-    expect(unpublishAt - epoch(row.retired_at!)).toBe(KEYS_RELOAD_SECONDS + MAX_ACCESS_TOKEN_TTL);
+    const tokens = await tokensUntil([a, b], secret, (latest) => latest.every((t) => t.kid === k1), DEADLINE_MS, `${k1} signing in both again`);
+    keep(tokens);
+    // Once both have switched, neither goes back to the retired key.
+    const after = await Promise.all(Array.from({ length: 10 }, (_, i) => token(i % 2 ? a : b, secret)));
+    expect(after.map((t) => t.kid)).toEqual(after.map(() => k1));
+    const lastByK2 = issuedBy.get(k2)!.reduce((x, y) => (y.exp > x.exp ? y : x));
+    expect(lastByK2.exp).toBeLessThanOrEqual(unpublishAt);
 
-    // The server has reloaded: the retired key is still published and signs nothing.
-    expect(await publishedKids(server)).toEqual([k2, k1]);
-    expect((await token(server, secret)).kid).toBe(k2);
-    expect((await verifyWithJwks(server, lastByK1.token, validAt(lastByK1))).protectedHeader.kid).toBe(k1);
+    // Well inside the publishing window (MAX_ACCESS_TOKEN_TTL is 40 s): both still publish it.
+    const asked = Date.now() / 1000;
+    const [kidsA, kidsB] = [await publishedKids(a), await publishedKids(b)];
+    expect(asked).toBeLessThan(unpublishAt);
+    expect(kidsA).toContain(k2);
+    expect(kidsB).toContain(k2);
+    for (const server of [a, b]) expect((await verifyWith(server, lastByK2)).protectedHeader.kid).toBe(k2);
 
-    let seenGoneAt = 0;
+    let goneAt = 0;
     await eventually(async () => {
-      const kids = await publishedKids(server);
-      seenGoneAt = Date.now();
-      return !kids.includes(k1);
-    }, (unpublishAt + KEYS_RELOAD_SECONDS + 2) * 1000 - Date.now(), `${k1} out of /jwks`);
-    expect(seenGoneAt).toBeGreaterThanOrEqual(unpublishAt * 1000);
-    // Every token K1 signed had expired by then.
-    expect(lastByK1.exp * 1000).toBeLessThanOrEqual(seenGoneAt);
-    // With several workers each rereads KEYS_DIR on its own timer: after one more interval
-    // every one of them has let K1 go.
-    await sleep(KEYS_RELOAD_SECONDS * 1000 + 200);
-    expect(await publishedKids(server)).toEqual([k2]);
-    await expect(verifyWithJwks(server, lastByK1.token, validAt(lastByK1))).rejects.toMatchObject({ code: 'ERR_JWKS_NO_MATCHING_KEY' });
-
-    const after = await listKeys(workspace);
-    expect(after.find((k) => k.kid === k1)?.state ?? 'forgotten').toMatch(/^(expired|forgotten)$/);
-    expect(after.find((k) => k.kid === k2)?.state).toBe('signing');
+      const [x, y] = [await publishedKids(a), await publishedKids(b)];
+      goneAt = Date.now() / 1000;
+      return !x.includes(k2) && !y.includes(k2);
+    }, (unpublishAt - asked) * 1000 + DEADLINE_MS, `${k2} out of both /jwks`);
+    // Not before every token it signed had expired (same host: one clock for the database and the servers).
+    expect(goneAt).toBeGreaterThanOrEqual(unpublishAt);
+    expect(lastByK2.exp).toBeLessThanOrEqual(goneAt);
+    expect(await jwks(a)).toEqual(await jwks(b));
+    expect((await listKeys(workspace)).find((k) => k.kid === k2)?.state).toBe('expired');
   });
 
-  test('retiring the only signing key is refused with exit 2 and one clear line', async () => {
-    for (const args of [['retire', k2], ['retire', k2, '--force'], ['retire', k2, '--json']]) {
-      expectOneLineRefusal(await workspace.cli('keys', args), /^error: key \S+ is the only signing key/);
-    }
-    expectOneLineRefusal(await workspace.cli('keys', ['retire', 'no-such-kid']), /^error: no signing key no-such-kid/);
-    expect(existsSync(join(workspace.keysDir, `sig-${k2}.pem`))).toBe(true);
-    await sleep(NOTICE_MS);
-    expect(await publishedKids(server)).toEqual([k2]);
-    expect((await token(server, secret)).kid).toBe(k2);
-  });
-
-  test('a key file moved in with an old modification time is published at once but signs only on schedule', async () => {
-    // Made elsewhere earlier (after the current signer, long enough ago to look ready), then moved in.
-    const staged = await keyFile();
-    const staging = join(workspace.dir, 'staging');
-    mkdirSync(staging, { recursive: true });
-    writeFileSync(join(staging, staged.name), staged.pem, { mode: 0o600 });
-    const k2Published = epoch((await listKeys(workspace)).find((k) => k.kid === k2)!.published_at);
-    const madeAt = Math.floor(Date.now() / 1000) - SIGNING_DELAY - 2;
-    expect(madeAt).toBeGreaterThan(k2Published);
-    utimesSync(join(staging, staged.name), madeAt, madeAt);
-    const movedAt = Date.now();
-    renameSync(join(staging, staged.name), join(workspace.keysDir, staged.name));
-
-    const [keys] = await Promise.all([
-      listKeys(workspace),
-      eventually(async () => (await publishedKids(server)).includes(staged.kid), NOTICE_MS, `${staged.kid} in /jwks`),
-    ]);
-    expect((await token(server, secret)).kid).toBe(k2);
-    expect(keys.find((k) => k.kid === staged.kid)?.state).toBe('pending');
-
-    let latest = await token(server, secret);
-    await eventually(async () => {
-      latest = await token(server, secret);
-      return latest.kid === staged.kid;
-    }, (SIGNING_DELAY + KEYS_RELOAD_SECONDS + 2) * 1000, `${staged.kid} signing`);
-    // Published (here: moved in) for at least the /jwks cache lifetime before it signed.
-    expect(latest.iat).toBeGreaterThanOrEqual(Math.floor(movedAt / 1000) + JWKS_MAX_AGE);
-    expect((await verifyWithJwks(server, latest.token)).protectedHeader.kid).toBe(staged.kid);
+  test('the keys command needs only DATABASE_URL and the key-encryption key, also in production', async () => {
+    const env = { NODE_ENV: 'production', ISSUER: '', TLS_CERT: '', TLS_KEY: '' };
+    const listed = await workspace.cli('keys', ['list', '--json'], env);
+    expect(listed).toMatchObject({ code: 0, stderr: '' });
+    expect((JSON.parse(listed.stdout) as KeyRow[]).map((k) => k.kid)).toContain(k1);
+    expectOneLineRefusal(await workspace.cli('keys', ['list'], { ...env, KEYS_ENCRYPTION_KEY: '' }), /^error: setting KEYS_ENCRYPTION_KEY=/);
   });
 });
 
-describe('the first key signs at once', () => {
-  // A schedule longer than a start takes, so that signing at once is told apart from waiting.
-  const jwksMaxAge = 120;
-  let workspace: Workspace | undefined;
-  let server: RunningServer | undefined;
+twoInstances('automatic rotation with two instances (PostgreSQL only)', () => {
+  let workspace: Workspace;
+  const servers: RunningServer[] = [];
 
-  afterEach(async () => {
-    await server?.stop();
+  afterAll(async () => {
+    for (const server of servers) await server.stop();
     await workspace?.remove();
-    server = workspace = undefined;
   });
 
-  async function start(prepare: (workspace: Workspace) => void | Promise<void>): Promise<{ issued: Issued; keys: KeyRow[]; running: RunningServer }> {
-    workspace = await createWorkspace({ ...SCHEDULE, JWKS_MAX_AGE: String(jwksMaxAge) });
-    const { client_secret: secret } = (await addClient(workspace, 'svc', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string };
-    await prepare(workspace);
-    server = await startServer(workspace);
-    const issued = await token(server, secret);
-    const keys = await listKeys(workspace);
-    expect(keys.map((k) => [k.kid, k.state])).toEqual([[issued.kid, 'signing']]);
-    // Long before a later key would be allowed to sign.
-    expect(issued.iat).toBeLessThan(epoch(keys[0]!.published_at) + jwksMaxAge);
-    expect(await publishedKids(server)).toEqual([issued.kid]);
-    expect((await verifyWithJwks(server, issued.token)).protectedHeader.kid).toBe(issued.kid);
-    return { issued, keys, running: server };
-  }
-
-  test('a development key generated by the first start in an empty keys dir', async () => {
-    const { issued, running } = await start(() => {});
-    expect(running.output()).toContain('"msg":"generated a development signing key"');
-    expect(running.output()).toContain(`"kid":"${issued.kid}"`);
-  });
-
-  test('a key file dropped into an empty keys dir, with no development key generated beside it', async () => {
-    const dropped = await keyFile();
-    const { issued, running } = await start((ws) => writeFileSync(join(ws.keysDir, dropped.name), dropped.pem, { mode: 0o600 }));
-    expect(issued.kid).toBe(dropped.kid);
-    expect(running.output()).not.toContain('generated a development signing key');
-  });
-
-  test('a key made by `keys generate` in an empty keys dir', async () => {
-    let generated: { kid: string; state: string; signs_from: string } | undefined;
-    const { issued } = await start(async (ws) => {
-      const result = await ws.cli('keys', ['generate', '--json']);
-      expect(result).toMatchObject({ code: 0, stderr: '' });
-      generated = JSON.parse(result.stdout);
+  test('one key per rotation, and the replaced key retired once its successor signs', async () => {
+    // KEY_ROTATION_DAYS takes fractions: 0.00005 days is 4.32 s, and a new key signs 2 s after it is published.
+    workspace = await createWorkspace({
+      JWKS_MAX_AGE: '1', KEYS_RELOAD_SECONDS: '1', MAX_ACCESS_TOKEN_TTL: '5', ACCESS_TOKEN_TTL: '5',
+      KEYS_ENCRYPTION_KEY: newKek(), KEY_ROTATION_DAYS: '0.00005',
     });
-    expect(generated).toMatchObject({ kid: issued.kid, state: 'signing', signs_from: 'now' });
+    const { client_secret: secret } = (await addClient(workspace, 'svc', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string };
+    servers.push(await startServer(workspace));
+    const port = await freePort();
+    servers.push(await startServer(workspace, { PORT: String(port), ISSUER: `https://localhost:${port}` }));
+
+    // Both instances look every second: wait for three rotations.
+    await eventually(async () => (await listKeys(workspace)).filter((k) => k.origin === 'rotation').length >= 3, 120_000, 'three rotations');
+    // Signing went on throughout: a token from either verifies against the other's /jwks.
+    const [fromA, fromB] = [await token(servers[0]!, secret), await token(servers[1]!, secret)];
+    await verifyWith(servers[1]!, fromA);
+    await verifyWith(servers[0]!, fromB);
+    for (const server of servers) await server.stop();
+
+    const keys = await listKeys(workspace);
+    const rotations = keys.filter((k) => k.origin === 'rotation');
+    // Each signer was succeeded once: no two keys replace the same one.
+    expect(new Set(rotations.map((k) => k.replaces)).size).toBe(rotations.length);
+    // A chain: each rotation replaced the key made just before it.
+    expect(rotations.map((k) => k.replaces)).toEqual(keys.slice(0, rotations.length).map((k) => k.kid));
+    // Every replaced key whose successor signed has been retired; at most the newest two are not.
+    expect(keys.slice(0, -2).every((k) => k.retired_at !== null)).toBe(true);
+    const logged = servers.flatMap((s) => s.output().split('\n').filter((l) => l.includes('generated the successor of the signing key')));
+    expect(logged.length).toBe(rotations.length);
+  }, 180_000);
+});
+
+describe('key storage and the key-encryption key', () => {
+  let workspace: Workspace | undefined;
+  afterEach(async () => {
+    await workspace?.remove();
+    workspace = undefined;
+  });
+
+  test('no private key in clear in the database: not the PEM, not the DER, not a JWK part', async () => {
+    workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: newKek() });
+    await migrate(workspace);
+    const known = await rsaKey();
+    const file = join(workspace.dir, 'known.pem');
+    writeFileSync(file, known.pem);
+    const imported = await workspace.cli('keys', ['import', file, '--json']);
+    expect(imported).toMatchObject({ code: 0, stderr: '' });
+    expect(JSON.parse(imported.stdout)).toMatchObject({ kid: known.kid, state: 'signing', signs_from: 'now' });
+    expect((await workspace.cli('keys', ['generate'])).code).toBe(0);
+
+    const dump = await dumpDatabase(workspace);
+    // The control: the dump has the keys' public parts.
+    expect(dump).toContain(known.kid);
+    expect(dump).toContain(known.jwk.n!);
+    const der = known.privateKey.export({ type: 'pkcs8', format: 'der' });
+    const secrets = [
+      'PRIVATE KEY', der.toString('base64'), der.toString('base64url'), der.toString('hex'),
+      known.pem.split('\n')[1]!, known.jwk.d!, known.jwk.p!, known.jwk.q!, known.jwk.dp!, known.jwk.dq!, known.jwk.qi!,
+    ];
+    for (const secret of secrets) expect(dump).not.toContain(secret);
+    expect(dump).not.toMatch(/"d":/);
+  });
+
+  test('a wrong or missing key-encryption key stops the start with one line naming the setting', async () => {
+    const right = newKek();
+    workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: right });
+    const first = await startServer(workspace);
+    await first.stop();
+    for (const env of [{ KEYS_ENCRYPTION_KEY: newKek() }, { KEYS_ENCRYPTION_KEY: '' }]) {
+      const refused = await new Promise<{ code: number; stdout: string; stderr: string }>((done) => {
+        execFile(process.execPath, [join(ROOT, 'src', 'main.ts')], { cwd: workspace!.dir, env: { ...workspace!.env, ...env } }, (err, stdout, stderr) => {
+          done({ code: err ? Number((err as { code?: number }).code) : 0, stdout, stderr });
+        });
+      });
+      expect(refused.code).toBe(2);
+      expect(refused.stderr.trimEnd().split('\n')).toHaveLength(1);
+      expect(refused.stderr).toMatch(/^setting KEYS_ENCRYPTION_KEY="<redacted>" is invalid: key \S+ is encrypted under key-encryption key \S+, which is not in KEYS_ENCRYPTION_KEY/);
+      expect(refused.stdout).not.toContain('"msg":"listening"');
+      expect(refused.stdout + refused.stderr).not.toContain(right);
+    }
+    // A malformed one is refused before anything is opened, also by the keys command.
+    expectOneLineRefusal(await workspace.cli('keys', ['list'], { KEYS_ENCRYPTION_KEY: 'not-a-key' }), /^error: setting KEYS_ENCRYPTION_KEY="<redacted>" is invalid: expected 32 random bytes/);
+  });
+
+  test('rotating the key-encryption key: a new one in front, reencrypt, then the old one can go', async () => {
+    const [oldKek, newOne] = [newKek(), newKek()];
+    workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: oldKek });
+    await migrate(workspace);
+    expect((await workspace.cli('keys', ['generate'])).code).toBe(0);
+    const before = await listKeys(workspace);
+    // Both in the list: the first encrypts (new keys), every one decrypts.
+    const both = { KEYS_ENCRYPTION_KEY: `${newOne},${oldKek}` };
+    expect((await workspace.cli('keys', ['generate'], both)).code).toBe(0);
+    const mixed = await listKeys(workspace, both);
+    expect(new Set(mixed.map((k) => k.kek_id)).size).toBe(2);
+    // With only the new one, the old key does not decrypt: the command refuses and changes nothing.
+    expectOneLineRefusal(await workspace.cli('keys', ['reencrypt'], { KEYS_ENCRYPTION_KEY: newOne }), /^error: key \S+ is encrypted under key-encryption key \S+, which is not in KEYS_ENCRYPTION_KEY.*nothing was changed/);
+    const reencrypted = await workspace.cli('keys', ['reencrypt', '--json'], both);
+    expect(reencrypted).toMatchObject({ code: 0, stderr: '' });
+    expect(JSON.parse(reencrypted.stdout).reencrypted).toEqual([before[0]!.kid]);
+    const after = await listKeys(workspace, { KEYS_ENCRYPTION_KEY: newOne });
+    expect(new Set(after.map((k) => k.kek_id))).toEqual(new Set([mixed.find((k) => k.kid !== before[0]!.kid)!.kek_id]));
+    // The server starts with the new key-encryption key alone.
+    const server = await startServer(workspace, { KEYS_ENCRYPTION_KEY: newOne });
+    expect(await publishedKids(server)).toHaveLength(2);
+    await server.stop();
+  });
+
+  test('outside production a development key-encryption key is made in KEYS_DIR and used again', async () => {
+    workspace = await createWorkspace();
+    await migrate(workspace);
+    expect((await workspace.cli('keys', ['generate'])).code).toBe(0);
+    const keys = await listKeys(workspace);
+    const server = await startServer(workspace);
+    expect(await publishedKids(server)).toEqual([keys[0]!.kid]);
+    await server.stop();
   });
 });
 
-test('a kid that starts with "-" is taken as a kid, not as an option', async () => {
-  const workspace = await createWorkspace();
-  try {
-    let kid = '';
-    for (let i = 0; i < 1000 && !kid.startsWith('-'); i += 1) {
-      const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-      kid = await calculateJwkThumbprint(publicKey.export({ format: 'jwk' }) as JWK, 'sha256');
-      if (kid.startsWith('-')) writeFileSync(join(workspace.keysDir, `sig-${kid}.pem`), privateKey.export({ type: 'pkcs8', format: 'pem' }));
-    }
-    expect(kid.startsWith('-')).toBe(true);
-    expect((await workspace.cli('keys', ['generate'])).code).toBe(0);
-    const retired = await workspace.cli('keys', ['retire', kid, '--force', '--json']);
+describe('the keys command', () => {
+  let workspace: Workspace;
+  beforeAll(async () => {
+    // A delay longer than any test takes: "pending" here cannot be overrun by a slow machine.
+    workspace = await createWorkspace({ JWKS_MAX_AGE: '3600', KEYS_ENCRYPTION_KEY: newKek() });
+    await migrate(workspace);
+  });
+  afterAll(async () => {
+    await workspace?.remove();
+  });
+
+  test('generate, import, list and retire, with their refusals in one line', async () => {
+    const first = JSON.parse((await workspace.cli('keys', ['generate', '--json'])).stdout) as { kid: string; state: string; signs_from: string };
+    expect(first).toMatchObject({ state: 'signing', signs_from: 'now' });
+    expectOneLineRefusal(await workspace.cli('keys', ['retire', first.kid]), /^error: key \S+ is the only signing key/);
+    expectOneLineRefusal(await workspace.cli('keys', ['retire', first.kid, '--force']), /^error: key \S+ is the only signing key/);
+
+    const known = await rsaKey();
+    const file = join(workspace.dir, 'k.pem');
+    writeFileSync(file, known.pem);
+    const second = JSON.parse((await workspace.cli('keys', ['import', file, '--json'])).stdout) as { kid: string; state: string; signs_from: string };
+    expect(second).toMatchObject({ kid: known.kid, state: 'pending' });
+    expectOneLineRefusal(await workspace.cli('keys', ['import', file]), /^error: key \S+ is in the database already/);
+    writeFileSync(file, 'not a key');
+    expectOneLineRefusal(await workspace.cli('keys', ['import', file]), /is not a readable PEM private key/);
+    writeFileSync(file, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
+    expectOneLineRefusal(await workspace.cli('keys', ['import', file]), /^error: signing keys must be RSA/);
+
+    const keys = await listKeys(workspace);
+    expect(keys.map((k) => [k.kid, k.state])).toEqual([[first.kid, 'signing'], [known.kid, 'pending']]);
+    expect(epoch(keys[1]!.signs_from!) - epoch(keys[1]!.published_at)).toBeCloseTo(3600 + 30, 2);
+
+    // The signer with a successor that may not sign for an hour yet.
+    expectOneLineRefusal(await workspace.cli('keys', ['retire', first.kid]), /^error: key \S+ signs, and no other key has been published for 3630 s yet/);
+    expectOneLineRefusal(await workspace.cli('keys', ['retire', 'no-such-kid']), /^error: no signing key no-such-kid/);
+    const forced = await workspace.cli('keys', ['retire', first.kid, '--force', '--json']);
+    expect(forced).toMatchObject({ code: 0, stderr: '' });
+    expectOneLineRefusal(await workspace.cli('keys', ['retire', first.kid]), /^error: key \S+ is already retired/);
+    const after = await listKeys(workspace);
+    // Retired: no private part left; the other key signs (with none ready, the oldest active one does).
+    expect(after.map((k) => [k.kid, k.state, k.kek_id === null])).toEqual([[first.kid, 'retired', true], [known.kid, 'signing', false]]);
+  });
+
+  test('a kid that starts with "-" is taken as a kid, not as an option', async () => {
+    let key = await rsaKey();
+    for (let i = 0; i < 1000 && !key.kid.startsWith('-'); i += 1) key = await rsaKey();
+    expect(key.kid.startsWith('-')).toBe(true);
+    const file = join(workspace.dir, 'dash.pem');
+    writeFileSync(file, key.pem);
+    expect((await workspace.cli('keys', ['import', file])).code).toBe(0);
+    const retired = await workspace.cli('keys', ['retire', key.kid, '--force', '--json']);
     expect(retired.stderr).toBe('');
-    expect(JSON.parse(retired.stdout)).toMatchObject({ kid, state: 'retired' });
-  } finally {
-    await workspace.remove();
-  }
+    expect(JSON.parse(retired.stdout)).toMatchObject({ kid: key.kid, state: 'retired' });
+  });
 });
 
-test('of two keys that appear within one second, the one that appeared first signs, whatever their kids', async () => {
-  const workspace = await createWorkspace({ ...SCHEDULE, JWKS_MAX_AGE: '120' });
-  try {
-    // The second key's kid sorts first, so an order by the whole second and then kid would
-    // let it sign at once, before any resource API could have fetched it.
-    let [first, second] = [await keyFile(), await keyFile()];
-    if (second.kid.localeCompare(first.kid) > 0) [first, second] = [second, first];
-    // Both files early in one second, 50 ms apart (file times here have a
-    // resolution of a few milliseconds).
-    await sleep(1010 - (Date.now() % 1000));
-    writeFileSync(join(workspace.keysDir, first.name), first.pem, { mode: 0o600 });
-    await sleep(50);
-    writeFileSync(join(workspace.keysDir, second.name), second.pem, { mode: 0o600 });
+describe('upgrade from key files', () => {
+  let workspace: Workspace | undefined;
+  afterEach(async () => {
+    await workspace?.remove();
+    workspace = undefined;
+  });
+
+  test('every kid is kept, the former signer still signs, a retired key stays published, and the import happens once', async () => {
+    // As an earlier version left them: with a one-hour delay none of the three was ready, so
+    // the oldest signed; a fourth had been retired.
+    workspace = await createWorkspace({ JWKS_MAX_AGE: '3600', KEYS_ENCRYPTION_KEY: newKek(), MAX_ACCESS_TOKEN_TTL: '3600' });
+    const { client_secret: secret } = (await addClient(workspace, 'svc', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string };
+    const files = [await rsaKey(), await rsaKey(), await rsaKey()];
+    for (const key of files) {
+      writeFileSync(join(workspace.keysDir, `sig-${key.kid}.pem`), key.pem, { mode: 0o600 });
+      // Apart in time, as files written one after another by an operator.
+      await new Promise((done) => setTimeout(done, 20));
+    }
+    const gone = await rsaKey();
+    const now = Math.floor(Date.now() / 1000);
+    const publicJwk = { kty: 'RSA', n: gone.jwk.n, e: gone.jwk.e, kid: gone.kid, alg: 'RS256', use: 'sig' };
+    writeFileSync(join(workspace.keysDir, `sig-${gone.kid}.retired.json`), JSON.stringify({ kid: gone.kid, jwk: publicJwk, published_at: now - 100, retired_at: now - 10 }));
+
+    let server = await startServer(workspace);
+    expect(server.output()).toContain('imported the signing-key files of an earlier version');
+    expect(server.output()).not.toContain('generated a development signing key');
+    const issued = await token(server, secret);
+    expect(issued.kid).toBe(files[0]!.kid);
+    expect(new Set(await publishedKids(server))).toEqual(new Set([...files.map((k) => k.kid), gone.kid]));
+    expect((await verifyWith(server, issued)).protectedHeader.kid).toBe(files[0]!.kid);
+    await server.stop();
+
     const keys = await listKeys(workspace);
-    expect(new Set(keys.map((k) => k.published_at)).size).toBe(1);
-    expect(keys.find((k) => k.kid === first.kid)?.state).toBe('signing');
-    expect(keys.find((k) => k.kid === second.kid)?.state).toBe('pending');
-  } finally {
-    await workspace.remove();
-  }
+    expect(keys.map((k) => [k.kid, k.state, k.origin])).toEqual(expect.arrayContaining([
+      [files[0]!.kid, 'signing', 'file'], [files[1]!.kid, 'pending', 'file'], [files[2]!.kid, 'pending', 'file'], [gone.kid, 'retired', 'file'],
+    ]));
+    expect(keys).toHaveLength(4);
+
+    // Once: a later start finds the files still there and imports nothing; the database decides.
+    expect((await workspace.cli('keys', ['retire', files[2]!.kid])).code).toBe(0);
+    server = await startServer(workspace);
+    expect(server.output()).not.toContain('imported the signing-key files');
+    expect((await token(server, secret)).kid).toBe(files[0]!.kid);
+    await server.stop();
+    expect((await listKeys(workspace)).find((k) => k.kid === files[2]!.kid)?.state).toBe('retired');
+  });
 });

@@ -80,6 +80,7 @@ program.command('list')
       unpublish_at: k.unpublishAt === undefined ? null : iso(k.unpublishAt),
       kek_id: k.kekId ?? null,
       origin: k.origin,
+      replaces: k.replaces ?? null,
     }));
     if (options.json) {
       process.stdout.write(`${JSON.stringify(rows)}\n`);
