@@ -50,6 +50,9 @@ test.each([
   ['MANAGEMENT_HOST', { MANAGEMENT_HOST: '10.0.0.1/8' }],
   ['MAX_ASSERTION_LIFETIME', { MAX_ASSERTION_LIFETIME: '3601' }],
   ['MAX_ASSERTION_LIFETIME', { MAX_ASSERTION_LIFETIME: '59' }],
+  ['KEYS_ENCRYPTION_KEY', { KEYS_ENCRYPTION_KEY: 'c2hvcnQ' }],
+  ['KEYS_ENCRYPTION_KEY', { KEYS_ENCRYPTION_KEY: 'file:/no/such/kek' }],
+  ['KEY_ROTATION_DAYS', { KEY_ROTATION_DAYS: '-1' }],
 ])('bad %s: one line naming it, exit 2, nothing created', async (name, env) => {
   const result = await start(env);
   expect(result.code).toBe(2);
@@ -65,6 +68,7 @@ test('NODE_ENV=production refuses the development defaults, one at a time', asyn
     [{ ISSUER: '' }, /DATABASE_URL/],
     [{ DATABASE_URL: 'postgres://127.0.0.1:1/x', ISSUER: '' }, /ISSUER/],
     [{ DATABASE_URL: 'postgres://127.0.0.1:1/x', ISSUER: 'https://auth.example.com' }, /TLS_CERT/],
+    [{ DATABASE_URL: 'postgres://127.0.0.1:1/x', ISSUER: 'https://auth.example.com', TLS_MODE: 'proxy' }, /^setting KEYS_ENCRYPTION_KEY="" is invalid/],
   ] as const;
   for (const [env, mentions] of refusals) {
     const result = await start({ NODE_ENV: 'production', ...env });
