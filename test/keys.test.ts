@@ -471,4 +471,20 @@ describe('upgrade from key files', () => {
     await server.stop();
     expect((await listKeys(workspace)).find((k) => k.kid === files[2]!.kid)?.state).toBe('retired');
   });
+
+  test('of key files that had all been there long enough, the newest, which signed, keeps signing', async () => {
+    // A delay of one second: after three, both files had become ready under the earlier version's rule.
+    workspace = await createWorkspace({ JWKS_MAX_AGE: '0', KEYS_RELOAD_SECONDS: '1', KEYS_ENCRYPTION_KEY: newKek() });
+    const { client_secret: secret } = (await addClient(workspace, 'svc', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string };
+    const [older, newer] = [await rsaKey(), await rsaKey()];
+    writeFileSync(join(workspace.keysDir, `sig-${older.kid}.pem`), older.pem, { mode: 0o600 });
+    await new Promise((done) => setTimeout(done, 50));
+    writeFileSync(join(workspace.keysDir, `sig-${newer.kid}.pem`), newer.pem, { mode: 0o600 });
+    await new Promise((done) => setTimeout(done, 3000));
+    const server = await startServer(workspace);
+    expect((await token(server, secret)).kid).toBe(newer.kid);
+    expect(await publishedKids(server)).toEqual([newer.kid, older.kid]);
+    await server.stop();
+    expect((await listKeys(workspace)).map((k) => [k.kid, k.state])).toEqual([[older.kid, 'published'], [newer.kid, 'signing']]);
+  });
 });
