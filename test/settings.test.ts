@@ -68,7 +68,7 @@ test('NODE_ENV=production refuses the development defaults, one at a time', asyn
     [{ ISSUER: '' }, /DATABASE_URL/],
     [{ DATABASE_URL: 'postgres://127.0.0.1:1/x', ISSUER: '' }, /ISSUER/],
     [{ DATABASE_URL: 'postgres://127.0.0.1:1/x', ISSUER: 'https://auth.example.com' }, /TLS_CERT/],
-    [{ DATABASE_URL: 'postgres://127.0.0.1:1/x', ISSUER: 'https://auth.example.com', TLS_MODE: 'proxy' }, /^setting KEYS_ENCRYPTION_KEY="" is invalid/],
+    [{ DATABASE_URL: 'postgres://127.0.0.1:1/x', ISSUER: 'https://auth.example.com', TLS_MODE: 'proxy', TRUSTED_PROXIES: '127.0.0.1' }, /^setting KEYS_ENCRYPTION_KEY="" is invalid/],
   ] as const;
   for (const [env, mentions] of refusals) {
     const result = await start({ NODE_ENV: 'production', ...env });
