@@ -12,6 +12,7 @@ import { join } from 'node:path';
 
 import { insertClient } from './clients/register.ts';
 import { answerPrimary, answerWorkers, askOtherWorkers, askWorkers, primary, request } from './cluster.ts';
+import { IssuerRegistry } from './clients/issuers.ts';
 import { ClientRegistry } from './clients/registry.ts';
 import { digestSecret, generateSecret } from './clients/secrets.ts';
 import { buildApp, type Lifecycle } from './http/app.ts';
@@ -26,6 +27,7 @@ import { createLogger, onDroppedLine, type Logger } from './log.ts';
 import { clusterMetricsSource, createMetrics } from './metrics.ts';
 import { createBruteForce } from './oauth/brute-force.ts';
 import { certificateHooks, parseCertificateBundle } from './oauth/client-certificates.ts';
+import { IssuerKeys } from './oauth/issuer-keys.ts';
 import { loadSettings, SettingError, type Settings } from './settings.ts';
 import { openDatabase, type OpenDatabase } from './storage/database.ts';
 import { databaseAnswered } from './storage/errors.ts';
@@ -154,6 +156,11 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       outageGraceSeconds: settings.dbOutageGraceSeconds,
       onLookup: (result) => metrics.clientCache.inc({ result }),
     });
+    const issuers = new IssuerRegistry(database.db, {
+      cacheSeconds: settings.clientCacheSeconds,
+      outageGraceSeconds: settings.dbOutageGraceSeconds,
+    });
+    const issuerKeys = new IssuerKeys({ caFile: settings.jwksUriCa, logger });
     const replay = new ReplayStore(database.db);
     const revocations = new RevocationStore(database.db, {
       shared: !database.embedded,
@@ -179,7 +186,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     // Read once: every process and instance signs and checks DPoP nonces with this one secret.
     const dpopNonceSecret = settings.dpopNonce ? await sharedSecret(database.db, 'dpop_nonce') : undefined;
     const deps = {
-      settings, registry, replay, revocations, logger, certificates, bruteForce, metrics, lifecycle, dpopNonceSecret,
+      settings, registry, issuers, issuerKeys, replay, revocations, logger, certificates, bruteForce, metrics, lifecycle, dpopNonceSecret,
       pingDatabase: async () => {
         await database.db.raw('select 1').timeout(2000);
         databaseAnswered();
@@ -232,7 +239,11 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       const listener: Listener = listen(
         settings.databaseUrl,
         {
-          [CLIENT_CHANNEL]: (clientId) => registry.invalidate(clientId || undefined),
+          [CLIENT_CHANNEL]: (clientId) => {
+            registry.invalidate(clientId || undefined);
+            // A client's federated identity or an issuer changed (an issuer's change says no client id).
+            issuers.invalidate();
+          },
           [REVOCATION_CHANNEL]: (payload) => revocations.notified(payload),
           [KEYS_CHANNEL]: () => void keyReloader.reload('notify'),
         },
@@ -240,6 +251,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
         // and read the keys again (revocations are caught up by polling).
         () => {
           registry.invalidate(undefined);
+          issuers.invalidate();
           void keyReloader.reload('listening');
         },
         (err) => logger.warn({ err: err.message }, 'database notifications interrupted'),

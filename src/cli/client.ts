@@ -7,7 +7,7 @@ import { join, relative } from 'node:path';
 import { Command, Option } from 'commander';
 import type { JWK } from 'jose';
 
-import { migrationExistsFor, writeAddClient, writeRotateSecret, writeSetEnabled } from '../clients/migrations.ts';
+import { issuerMigrationFor, migrationExistsFor, writeAddClient, writeRotateSecret, writeSetEnabled } from '../clients/migrations.ts';
 import type { NewClient } from '../clients/register.ts';
 import { AUTH_METHODS, ClientRegistry, type AuthMethod } from '../clients/registry.ts';
 import { digestSecret, generateSecret } from '../clients/secrets.ts';
@@ -35,6 +35,8 @@ interface AddOptions {
   bound?: boolean;
   dpop?: boolean;
   introspect?: string;
+  issuer?: string;
+  subject?: string;
   json?: boolean;
 }
 
@@ -71,11 +73,20 @@ async function addClient(id: string, options: AddOptions): Promise<void> {
     introspectAudiences: options.introspect ? check.uriList('--introspect', options.introspect) : [],
   };
   const opts = options as unknown as Record<string, unknown>;
+  if (options.auth !== 'federated') refuse(opts, ['issuer', 'subject'], options.auth);
   let privateKeyFile: string | undefined;
   let privateKeyPem: string | undefined;
   switch (options.auth) {
     case 'client_secret_basic':
       refuse(opts, ['jwks', 'jwksUri', 'generateKey', 'subjectDn', 'sanDns', 'sanUri', 'cert'], options.auth);
+      break;
+    case 'federated':
+      refuse(opts, ['jwks', 'jwksUri', 'generateKey', 'subjectDn', 'sanDns', 'sanUri', 'cert'], options.auth);
+      if (!options.issuer || !options.subject) throw new check.InputError('--auth federated needs --issuer <name> and --subject <sub>');
+      if (!issuerMigrationFor(settings.migrationsDir, options.issuer)) throw new check.InputError(`no issuer ${JSON.stringify(options.issuer)}: add it first with npm run issuer -- add ${options.issuer} --issuer <url>`);
+      if (!/^[^\s]{1,512}$/.test(options.subject)) throw new check.InputError('--subject must be 1-512 characters without spaces, exactly as the sub of the external tokens');
+      client.federatedIssuer = options.issuer;
+      client.federatedSubject = options.subject;
       break;
     case 'private_key_jwt':
       refuse(opts, ['subjectDn', 'sanDns', 'sanUri', 'cert'], options.auth);
@@ -131,6 +142,8 @@ program.command('add <client_id>')
   .option('--bound', 'certificate-bound tokens (RFC 8705 cnf.x5t#S256)')
   .option('--dpop', 'DPoP-bound tokens only: a token request without a DPoP proof is refused (RFC 9449 cnf.jkt)')
   .option('--introspect <uris>', 'this client may introspect tokens for these audiences')
+  .option('--issuer <name>', 'federated: the trusted issuer (npm run issuer -- add) whose tokens authenticate this client')
+  .option('--subject <sub>', 'federated: the sub of those tokens (Kubernetes: system:serviceaccount:<ns>:<name>; SPIFFE: the SPIFFE ID)')
   .option('--json', 'print one JSON object')
   .action((id: string, options: AddOptions) => run(() => addClient(id, options)));
 
@@ -181,6 +194,7 @@ program.command('list')
         bound: c.certificateBound,
         dpop: c.dpopBound,
         introspect: c.introspectAudiences,
+        ...(c.federatedIssuer ? { issuer: c.federatedIssuer, subject: c.federatedSubject } : {}),
       }));
       if (options.json) {
         process.stdout.write(`${JSON.stringify(rows)}\n`);
@@ -188,7 +202,7 @@ program.command('list')
       }
       if (!rows.length) process.stdout.write('no clients\n');
       for (const r of rows) {
-        process.stdout.write(`${r.client_id}  ${r.auth}  ${r.enabled ? 'enabled' : 'DISABLED'}  aud=${r.audiences.join(',')}  scope="${r.scopes.join(' ')}"${r.ttl ? `  ttl=${r.ttl}` : ''}${r.bound ? '  bound' : ''}${r.dpop ? '  dpop' : ''}${r.introspect.length ? `  introspect=${r.introspect.join(',')}` : ''}\n`);
+        process.stdout.write(`${r.client_id}  ${r.auth}  ${r.enabled ? 'enabled' : 'DISABLED'}  aud=${r.audiences.join(',')}  scope="${r.scopes.join(' ')}"${r.ttl ? `  ttl=${r.ttl}` : ''}${r.bound ? '  bound' : ''}${r.dpop ? '  dpop' : ''}${r.introspect.length ? `  introspect=${r.introspect.join(',')}` : ''}${r.issuer ? `  issuer=${r.issuer} subject=${r.subject}` : ''}\n`);
       }
     } finally {
       await database.close();

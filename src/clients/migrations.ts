@@ -26,6 +26,10 @@ export function migrationExistsFor(dir: string, clientId: string): string | unde
   return readdirSync(dir).find((f) => f.endsWith(`_client_${clientId}.ts`));
 }
 
+export function issuerMigrationFor(dir: string, name: string): string | undefined {
+  return readdirSync(dir).find((f) => /^\d{14}_/.test(f) && f.slice(15) === `issuer_${name}.ts`);
+}
+
 function write(dir: string, name: string, body: string): string {
   const file = join(dir, nextName(dir, name));
   writeFileSync(file, body, { flag: 'wx' });
@@ -34,8 +38,8 @@ function write(dir: string, name: string, body: string): string {
 
 const literal = (value: unknown) => JSON.stringify(value, null, 2);
 
-const HEADER = (what: string) => `// ${what}
-// Written by \`npm run client\`; applied by \`npm run migrate\` (or the next start).
+const HEADER = (what: string, command = 'client') => `// ${what}
+// Written by \`npm run ${command}\`; applied by \`npm run migrate\` (or the next start).
 import type { Knex } from 'knex';
 `;
 
@@ -93,6 +97,62 @@ const clientId = ${JSON.stringify(clientId)};
 async function setEnabled(knex: Knex, enabled: boolean): Promise<void> {
   const changed = await knex('clients').where({ client_id: clientId }).update({ enabled, updated_at: knex.fn.now() });
   if (changed !== 1) throw new Error(\`client \${clientId} does not exist\`);
+}
+
+export async function up(knex: Knex): Promise<void> {
+  await setEnabled(knex, ${enabled});
+}
+
+export async function down(knex: Knex): Promise<void> {
+  await setEnabled(knex, ${!enabled});
+}
+`);
+}
+
+/** An issuer row as the `issuers` table has it. */
+export interface NewIssuer {
+  name: string;
+  kind: 'oidc' | 'kubernetes' | 'spiffe';
+  issuer: string;
+  jwks?: { keys: Record<string, unknown>[] } | undefined;
+  jwksUri?: string | undefined;
+  audience?: string | undefined;
+  maxLifetime: number;
+  allowPrivate: boolean;
+}
+
+export function writeAddIssuer(dir: string, issuer: NewIssuer): string {
+  const row = {
+    name: issuer.name,
+    kind: issuer.kind,
+    issuer: issuer.issuer,
+    jwks: issuer.jwks ? JSON.stringify(issuer.jwks) : null,
+    jwks_uri: issuer.jwksUri ?? null,
+    audience: issuer.audience ?? null,
+    max_lifetime: issuer.maxLifetime,
+    allow_private: issuer.allowPrivate,
+  };
+  return write(dir, `issuer_${issuer.name}`, `${HEADER(`Trusts issuer "${issuer.name}" (${issuer.kind}, ${issuer.issuer}) for federated clients; down removes it.`, 'issuer')}
+const issuer = ${literal(row)};
+
+export async function up(knex: Knex): Promise<void> {
+  await knex('issuers').insert(issuer);
+}
+
+export async function down(knex: Knex): Promise<void> {
+  await knex('issuers').where({ name: issuer.name }).delete();
+}
+`);
+}
+
+export function writeSetIssuerEnabled(dir: string, name: string, enabled: boolean): string {
+  const verb = enabled ? 'enable' : 'disable';
+  return write(dir, `${verb}_issuer_${name}`, `${HEADER(`${enabled ? 'Enables' : 'Disables'} issuer "${name}"; down ${enabled ? 'disables' : 'enables'} it again.`, 'issuer')}
+const name = ${JSON.stringify(name)};
+
+async function setEnabled(knex: Knex, enabled: boolean): Promise<void> {
+  const changed = await knex('issuers').where({ name }).update({ enabled, updated_at: knex.fn.now() });
+  if (changed !== 1) throw new Error(\`issuer \${name} does not exist\`);
 }
 
 export async function up(knex: Knex): Promise<void> {

@@ -17,6 +17,8 @@ export interface NewClient {
   certificateBound?: boolean;
   dpopBound?: boolean;
   introspectAudiences?: string[];
+  federatedIssuer?: string | undefined;
+  federatedSubject?: string | undefined;
 }
 
 export function clientRow(client: NewClient): Record<string, unknown> {
@@ -34,6 +36,8 @@ export function clientRow(client: NewClient): Record<string, unknown> {
     certificate_bound: client.certificateBound ?? false,
     dpop_bound: client.dpopBound ?? false,
     introspect_audiences: client.introspectAudiences ?? [],
+    // Only federated clients name the columns, so other clients' migrations read as before.
+    ...(client.federatedIssuer ? { federated_issuer: client.federatedIssuer, federated_subject: client.federatedSubject } : {}),
   };
 }
 

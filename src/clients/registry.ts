@@ -10,6 +10,7 @@ export const AUTH_METHODS = [
   'private_key_jwt',
   'tls_client_auth',
   'self_signed_tls_client_auth',
+  'federated',
 ] as const;
 export type AuthMethod = (typeof AUTH_METHODS)[number];
 
@@ -28,6 +29,9 @@ export interface ClientRecord {
   /** `--dpop`: every token request must carry a DPoP proof (RFC 9449). */
   dpopBound: boolean;
   introspectAudiences: string[];
+  /** `federated`: the trusted issuer's name and the subject its tokens name this client by. */
+  federatedIssuer: string | null;
+  federatedSubject: string | null;
   enabled: boolean;
   secrets: StoredSecret[];
 }
@@ -46,6 +50,8 @@ interface ClientRow {
   certificate_bound: boolean;
   dpop_bound: boolean;
   introspect_audiences: string[];
+  federated_issuer?: string | null;
+  federated_subject?: string | null;
   enabled: boolean;
 }
 
@@ -64,6 +70,8 @@ function toRecord(row: ClientRow, secrets: StoredSecret[]): ClientRecord {
     certificateBound: row.certificate_bound,
     dpopBound: row.dpop_bound === true,
     introspectAudiences: row.introspect_audiences,
+    federatedIssuer: row.federated_issuer ?? null,
+    federatedSubject: row.federated_subject ?? null,
     enabled: row.enabled,
     secrets,
   };

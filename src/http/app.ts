@@ -5,6 +5,7 @@ import type { Middleware } from 'koa';
 import Provider from 'oidc-provider';
 import proxyAddr from 'proxy-addr';
 
+import type { IssuerRegistry } from '../clients/issuers.ts';
 import type { ClientRegistry } from '../clients/registry.ts';
 import type { Metrics } from '../metrics.ts';
 import type { KeySet } from '../keys/signing-keys.ts';
@@ -16,7 +17,9 @@ import { tokenVerifier } from '../oauth/access-tokens.ts';
 import type { CertificateHooks } from '../oauth/client-certificates.ts';
 import { authenticatedClient, unreadableAssertionIsInvalidClient } from '../oauth/client-auth.ts';
 import { metadata } from '../oauth/discovery.ts';
-import { createEngine } from '../oauth/engine.ts';
+import { useFederatedClients } from '../oauth/client-auth/federated.ts';
+import { ASSERTION_ALGS, CLOCK_TOLERANCE, createEngine, unlessStorageDown } from '../oauth/engine.ts';
+import type { IssuerKeys } from '../oauth/issuer-keys.ts';
 import { introspection } from '../oauth/introspection.ts';
 import { holdAttempt, settleAttempts, type BruteForce } from '../oauth/brute-force.ts';
 import { revocation } from '../oauth/revocation.ts';
@@ -27,6 +30,9 @@ import { readiness } from './management.ts';
 export interface AppDeps {
   settings: Settings;
   registry: ClientRegistry;
+  /** Trusted issuers of federated clients, and their keys (kept across rebuilds). */
+  issuers: IssuerRegistry;
+  issuerKeys: IssuerKeys;
   replay: ReplayStore;
   revocations: RevocationStore;
   logger: Logger;
@@ -191,6 +197,9 @@ function recordRefusals(provider: Provider, logger: Logger): void {
 export function buildApp(deps: AppDeps, keys: KeySet): Provider {
   const { settings, registry, replay, revocations, logger, certificates } = deps;
   const provider = createEngine({ settings, registry, replay, keys, certificates, logger, bruteForce: deps.bruteForce, dpopNonceSecret: deps.dpopNonceSecret });
+  useFederatedClients(provider, {
+    settings, issuers: deps.issuers, keys: deps.issuerKeys, algorithms: ASSERTION_ALGS, clockTolerance: CLOCK_TOLERANCE, unlessStorageDown,
+  });
   const verifier = tokenVerifier(settings.issuer, keys);
   const tokenDeps = { verify: () => verifier, registry, revocations };
   // Serialised once per key set: these answers are the same for every caller.

@@ -7,6 +7,7 @@ import type { Context } from 'koa';
 
 import { lineKept, type Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
+import { FEDERATED, type FederatedAudit } from '../oauth/client-auth/federated.ts';
 
 /** What the engine knew when it refused a request (set from its error events). */
 export interface Refusal {
@@ -52,6 +53,8 @@ function decodePart(token: string, index: 0 | 1): Record<string, unknown> {
 
 /** The client id the caller claimed, whether or not it exists: Basic, form, or assertion `sub`. */
 export function clientIdAsSent(ctx: Context): string | undefined {
+  const federated = federatedOf(ctx);
+  if (federated) return federated.client_id;
   const authorization = ctx.get('authorization');
   if (/^basic /i.test(authorization)) {
     const decoded = Buffer.from(authorization.slice(6).trim(), 'base64').toString('utf8');
@@ -73,8 +76,13 @@ export function clientIdAsSent(ctx: Context): string | undefined {
   return undefined;
 }
 
+function federatedOf(ctx: Context): FederatedAudit | undefined {
+  return (ctx.state as { [FEDERATED]?: FederatedAudit })[FEDERATED];
+}
+
 /** How the caller tried to authenticate, as far as the request shows. */
 function methodOf(ctx: Context): string | undefined {
+  if (federatedOf(ctx)) return 'federated';
   const client = (ctx as { oidc?: { client?: { clientAuthMethod?: string } } }).oidc?.client;
   if (client?.clientAuthMethod) return client.clientAuthMethod;
   const params = (ctx as { oidc?: { params?: Record<string, unknown> } }).oidc?.params;
@@ -82,6 +90,13 @@ function methodOf(ctx: Context): string | undefined {
   if (params?.client_secret) return 'client_secret_post';
   if (params?.client_assertion) return 'private_key_jwt';
   return undefined;
+}
+
+/** The trusted issuer, and a Kubernetes token's namespace, service account and pod. */
+function federatedFields(ctx: Context): Record<string, unknown> {
+  const federated = federatedOf(ctx);
+  if (!federated) return {};
+  return { issuer: federated.issuer, ...(federated.kubernetes ? { kubernetes: federated.kubernetes } : {}) };
 }
 
 const ENDPOINT_EVENTS: Record<string, string> = {
@@ -101,6 +116,7 @@ export function audit(ctx: Context, logger: Logger, metrics: Metrics, address: s
     const kept = lineKept(logger, () => logger.info({
       event: 'token.issued', client_id: issued.clientId, method, aud: issued.resourceServer?.audience, scope: issued.scope,
       jti: issued.jti, kid, bound: issued['x5t#S256'] !== undefined, binding, ...(issued.jkt ? { jkt: issued.jkt } : {}), address, latency_ms: Math.round(latencyMs * 10) / 10,
+      ...federatedFields(ctx),
     }, 'token issued'));
     if (kept) {
       metrics.tokensIssued.inc({ client_id: issued.clientId, method, binding });
@@ -120,6 +136,6 @@ export function audit(ctx: Context, logger: Logger, metrics: Metrics, address: s
   metrics.refusals.inc({ endpoint, error, reason: reason.slice(0, 80) });
   logger.info({
     event: `${endpoint}.refused`, client_id: clientIdAsSent(ctx), method: methodOf(ctx), error, reason,
-    status: ctx.status, address, latency_ms: Math.round(latencyMs * 10) / 10,
+    status: ctx.status, address, latency_ms: Math.round(latencyMs * 10) / 10, ...federatedFields(ctx),
   }, 'request refused');
 }

@@ -69,6 +69,8 @@ interface M2mMetadata {
   m2m_ttl: number | null;
   m2m_secrets: { digest: string; expiresAt: number | null }[];
   m2m_introspect: string[];
+  /** `federated` clients: who vouches for them (client-auth/federated.ts). */
+  m2m_federated?: { issuer: string; subject: string };
 }
 
 export type EngineClient = InstanceType<Provider['Client']> & M2mMetadata;
@@ -81,7 +83,9 @@ const SECRET_PLACEHOLDER = `unused-${randomBytes(32).toString('base64url')}`;
 function engineMetadata(record: ClientRecord): AdapterPayload {
   const metadata: Record<string, unknown> = {
     client_id: record.clientId,
-    token_endpoint_auth_method: record.authMethod,
+    // The engine knows no federated method: such a client is `none` to it, and is returned
+    // by Client.find only once client-auth/federated.ts has verified its external token.
+    token_endpoint_auth_method: record.authMethod === 'federated' ? 'none' : record.authMethod,
     grant_types: ['client_credentials'],
     response_types: [],
     redirect_uris: [],
@@ -99,6 +103,7 @@ function engineMetadata(record: ClientRecord): AdapterPayload {
   if (record.tlsSubjectDn) metadata.tls_client_auth_subject_dn = record.tlsSubjectDn;
   if (record.tlsSanDns) metadata.tls_client_auth_san_dns = record.tlsSanDns;
   if (record.tlsSanUri) metadata.tls_client_auth_san_uri = record.tlsSanUri;
+  if (record.federatedIssuer && record.federatedSubject) metadata.m2m_federated = { issuer: record.federatedIssuer, subject: record.federatedSubject };
   return metadata as AdapterPayload;
 }
 
@@ -166,7 +171,8 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
     adapter: adapterFor(registry),
     clients: [],
     jwks: { keys: [new RsaSigningKey(signer) as never] },
-    clientAuthMethods: AUTH_METHODS_SUPPORTED as Configuration['clientAuthMethods'],
+    // `none` is for federated clients only, and is never advertised (discovery.ts).
+    clientAuthMethods: [...AUTH_METHODS_SUPPORTED, 'none'] as Configuration['clientAuthMethods'],
     enabledJWA: {
       clientAuthSigningAlgValues: ASSERTION_ALGS as never,
       idTokenSigningAlgValues: ['RS256'],
@@ -178,7 +184,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
     responseTypes: ['none'],
     pkce: { required: () => false },
     extraClientMetadata: {
-      properties: ['m2m_audiences', 'm2m_scopes', 'm2m_ttl', 'm2m_secrets', 'm2m_introspect'],
+      properties: ['m2m_audiences', 'm2m_scopes', 'm2m_ttl', 'm2m_secrets', 'm2m_introspect', 'm2m_federated'],
     },
     features: {
       devInteractions: { enabled: false },

@@ -39,7 +39,7 @@ export interface Workspace {
   databaseUrl: string | undefined;
   env: Record<string, string>;
   /** Runs `node src/cli/<script>.ts args…` against this workspace. */
-  cli(script: 'client' | 'keys' | 'migrate', args: string[], extraEnv?: Record<string, string>): Promise<CommandResult>;
+  cli(script: 'client' | 'keys' | 'migrate' | 'issuer', args: string[], extraEnv?: Record<string, string>): Promise<CommandResult>;
   /** Drops the workspace's database (PostgreSQL) and deletes its folder. */
   remove(): Promise<void>;
 }

@@ -1,0 +1,160 @@
+// Keys of trusted external issuers (federated clients): a static JWKS, a jwks_uri, or the
+// jwks_uri named by the issuer's OIDC discovery document. Fetched with the same fetcher as
+// clients' jwks_uri (../net/public-fetch.ts: https only, size and time limits, no
+// redirects, public addresses only unless the issuer has --allow-private, JWKS_URI_CA), and
+// filtered by the same key policy (jwks-uri.ts signatureKeys).
+//
+// A fetched set is used for CACHE_SECONDS (a SPIFFE bundle's spiffe_refresh_hint, when
+// shorter, down to MIN_CACHE_SECONDS); a token whose kid is unknown refetches at once, at
+// most once per REFETCH_COOLDOWN_SECONDS. When a refetch fails, the keys fetched before keep
+// being used for up to MAX_STALE_SECONDS after the last successful fetch: an issuer being
+// unreachable (a cluster's API server restarting) does not stop its workloads.
+import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
+
+import type { IssuerRecord } from '../clients/issuers.ts';
+import type { Logger } from '../log.ts';
+import { publicJsonFetch, type JsonFetch } from '../net/public-fetch.ts';
+import { CACHE_SECONDS, REFETCH_COOLDOWN_SECONDS, signatureKeys } from './jwks-uri.ts';
+
+export const MIN_CACHE_SECONDS = 30;
+export const MAX_STALE_SECONDS = 24 * 3600;
+
+type Jwk = Record<string, unknown>;
+
+export class IssuerKeysUnavailable extends Error {}
+
+/**
+ * Signature keys of a JWKS or a SPIFFE trust bundle. A bundle's JWT-SVID keys say `use:
+ * jwt-svid` and carry no `alg` (the algorithm follows from kty/crv); X.509-SVID keys are
+ * for TLS and are dropped.
+ */
+export function issuerSigningKeys(body: unknown, kind: IssuerRecord['kind'], skipped?: (kid: unknown, reason: string) => void): Jwk[] {
+  const keys = (body as { keys?: unknown } | null)?.keys;
+  if (kind !== 'spiffe' || !Array.isArray(keys)) return signatureKeys(body, skipped);
+  const jwtSvid = keys.filter((k): k is Jwk => typeof k === 'object' && k !== null && (k.use === undefined || k.use === 'jwt-svid'))
+    .map((k) => ({ ...k, use: 'sig' }));
+  return signatureKeys({ keys: jwtSvid }, skipped);
+}
+
+function refreshHint(body: unknown): number | undefined {
+  const hint = (body as { spiffe_refresh_hint?: unknown } | null)?.spiffe_refresh_hint;
+  return typeof hint === 'number' && hint > 0 ? hint : undefined;
+}
+
+class IssuerKeySet {
+  resolver: JWTVerifyGetKey | undefined;
+  #fetchedAt = -Infinity;
+  #attemptedAt = -Infinity;
+  #cacheMs = CACHE_SECONDS * 1000;
+  #failure: Error | undefined;
+  #pending: Promise<void> | undefined;
+
+  readonly #load: () => Promise<{ keys: Jwk[]; hint?: number | undefined }>;
+  readonly #onFailure: (err: Error) => void;
+
+  constructor(load: () => Promise<{ keys: Jwk[]; hint?: number | undefined }>, onFailure: (err: Error) => void) {
+    this.#load = load;
+    this.#onFailure = onFailure;
+  }
+
+  get expired(): boolean {
+    return Date.now() - this.#fetchedAt > this.#cacheMs;
+  }
+
+  get usable(): boolean {
+    return this.resolver !== undefined && Date.now() - this.#fetchedAt < MAX_STALE_SECONDS * 1000;
+  }
+
+  /** Fetches unless a fetch is under way (joined) or began within the cooldown. */
+  refresh(): Promise<void> {
+    if (this.#pending) return this.#pending;
+    if (Date.now() - this.#attemptedAt < REFETCH_COOLDOWN_SECONDS * 1000) {
+      return this.#failure ? Promise.reject(this.#failure) : Promise.resolve();
+    }
+    this.#attemptedAt = Date.now();
+    this.#pending = this.#load()
+      .then(({ keys, hint }) => {
+        this.resolver = createLocalJWKSet({ keys } as JSONWebKeySet);
+        this.#fetchedAt = Date.now();
+        this.#cacheMs = Math.max(MIN_CACHE_SECONDS, Math.min(CACHE_SECONDS, hint ?? CACHE_SECONDS)) * 1000;
+        this.#failure = undefined;
+      })
+      .catch((err: unknown) => {
+        this.#failure = err instanceof Error ? err : new Error(String(err));
+        this.#onFailure(this.#failure);
+        throw this.#failure;
+      })
+      .finally(() => { this.#pending = undefined; });
+    return this.#pending;
+  }
+}
+
+export interface IssuerKeysOptions {
+  /** JWKS_URI_CA: extra CAs trusted for issuers' https endpoints. */
+  caFile: string | undefined;
+  logger?: Logger | undefined;
+}
+
+export class IssuerKeys {
+  readonly #fetchers: Record<'public' | 'private', JsonFetch>;
+  readonly #sets = new Map<string, IssuerKeySet>();
+  readonly #logger: Logger | undefined;
+
+  constructor({ caFile, logger }: IssuerKeysOptions) {
+    const options = { caFile, what: 'issuer endpoint', privateHint: 'the issuer was added without --allow-private' };
+    this.#fetchers = {
+      public: publicJsonFetch({ ...options, allowPrivate: false }),
+      private: publicJsonFetch({ ...options, allowPrivate: true }),
+    };
+    this.#logger = logger;
+  }
+
+  /** Verification keys for the issuer's tokens, fetched when stale. */
+  async keys(issuer: IssuerRecord): Promise<JWTVerifyGetKey> {
+    const set = this.#setFor(issuer);
+    if (set.expired) {
+      // A failed refresh keeps the keys fetched before, for as long as MAX_STALE_SECONDS allows.
+      await set.refresh().catch((err: unknown) => {
+        if (!set.usable) throw new IssuerKeysUnavailable(`keys of issuer ${issuer.name} are unavailable: ${(err as Error).message}`);
+      });
+    }
+    if (!set.resolver) throw new IssuerKeysUnavailable(`keys of issuer ${issuer.name} are unavailable`);
+    return set.resolver;
+  }
+
+  /** After an unknown kid: the keys again, refetched unless one was fetched within the cooldown. */
+  async refetched(issuer: IssuerRecord): Promise<JWTVerifyGetKey | undefined> {
+    const set = this.#setFor(issuer);
+    await set.refresh().catch(() => {});
+    return set.usable ? set.resolver : undefined;
+  }
+
+  #setFor(issuer: IssuerRecord): IssuerKeySet {
+    // One set per issuer and key source: re-registering an issuer with other keys starts afresh.
+    const source = issuer.jwks ? `static:${JSON.stringify(issuer.jwks)}` : issuer.jwksUri ? `uri:${issuer.jwksUri}` : `discovery:${issuer.issuer}`;
+    const key = `${issuer.name}\u0000${issuer.allowPrivate}\u0000${source}`;
+    let set = this.#sets.get(key);
+    if (!set) {
+      set = new IssuerKeySet(() => this.#load(issuer), (err) => this.#logger?.warn({ issuer: issuer.name, source: source.startsWith('static:') ? 'static' : source, err: err.message }, 'fetching an issuer\'s keys failed'));
+      if (this.#sets.size > 1000) this.#sets.clear();
+      this.#sets.set(key, set);
+    }
+    return set;
+  }
+
+  async #load(issuer: IssuerRecord): Promise<{ keys: Jwk[]; hint?: number | undefined }> {
+    if (issuer.jwks) return { keys: issuerSigningKeys(issuer.jwks, issuer.kind), hint: MAX_STALE_SECONDS };
+    const fetch = this.#fetchers[issuer.allowPrivate ? 'private' : 'public'];
+    let uri = issuer.jwksUri;
+    if (!uri) {
+      const discovery = await fetch(`${issuer.issuer}/.well-known/openid-configuration`) as { issuer?: unknown; jwks_uri?: unknown } | null;
+      // OpenID Connect Discovery 1.0 section 4.3: the document must name the issuer it was fetched for.
+      if (discovery?.issuer !== issuer.issuer) throw new Error('the discovery document names another issuer');
+      if (typeof discovery.jwks_uri !== 'string' || !discovery.jwks_uri.startsWith('https://')) throw new Error('the discovery document has no https jwks_uri');
+      uri = discovery.jwks_uri;
+    }
+    const body = await fetch(uri);
+    const skipped = (kid: unknown, reason: string) => this.#logger?.warn({ issuer: issuer.name, kid, reason }, 'an issuer key was ignored');
+    return { keys: issuerSigningKeys(body, issuer.kind, skipped), hint: refreshHint(body) };
+  }
+}
