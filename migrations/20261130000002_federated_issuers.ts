@@ -33,7 +33,7 @@ const UP = [
   `    ALTER TABLE clients
       ADD COLUMN federated_issuer text REFERENCES issuers (name) ON DELETE RESTRICT,
       ADD COLUMN federated_subject text
-        CONSTRAINT federated_subject_format CHECK (federated_subject ~ '^[^\\s]{1,512}$')
+        CONSTRAINT federated_subject_format CHECK (federated_subject ~ '^[^\\s]+$' AND char_length(federated_subject) <= 512)
   `,
   `    ALTER TABLE clients
       ADD CONSTRAINT clients_federated_identity_unique UNIQUE (federated_issuer, federated_subject)
