@@ -140,7 +140,8 @@ beforeAll(async () => {
   serveJson('/k8s/openid/v1/jwks', { keys: [{ ...k8s.jwk, alg: 'RS256', use: 'sig' }] });
   // A SPIFFE bundle endpoint: JWT-SVID keys without alg, an X.509-SVID key to skip.
   const x509Svid = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' });
-  const { alg: _alg, ...spireJwk } = spire.jwk;
+  const spireJwk: JWK = { ...spire.jwk };
+  delete spireJwk.alg;
   serveJson('/spiffe/bundle', { keys: [{ ...x509Svid, use: 'x509-svid', x5c: ['MIIB'] }, { ...spireJwk, use: 'jwt-svid' }], spiffe_refresh_hint: 300, spiffe_sequence: 1 });
   serveJson('/gha/.well-known/openid-configuration', { issuer: `${base}/gha`, jwks_uri: `${base}/gha/jwks` });
   serveJson('/gha/jwks', { keys: [gha.jwk] });

@@ -127,13 +127,19 @@ function basicHeader(id: string, secret: string): string {
 const FORM = { 'content-type': 'application/x-www-form-urlencoded' };
 const GRANT = 'grant_type=client_credentials';
 
+/** The federated client's cluster: a Kubernetes issuer registered with a static JWKS. */
+const CLUSTER = { issuer: 'https://kubernetes.default.svc.cluster.local', subject: 'system:serviceaccount:bench:api', kid: 'bench-cluster-1' };
+
 /** Pre-signed, unique client assertions (signing them is the client's cost, not ours). */
-function assertions(count: number, clientId: string, audience: string, keyPem: string, alg: 'ES256' | 'RS256'): string[] {
+function assertions(count: number, clientId: string, audience: string, keyPem: string, alg: 'ES256' | 'RS256', kid?: string): string[] {
   const key = createPrivateKey(keyPem);
-  const header = Buffer.from(JSON.stringify({ alg, typ: 'JWT' })).toString('base64url');
+  const header = Buffer.from(JSON.stringify({ alg, typ: 'JWT', ...(kid ? { kid } : {}) })).toString('base64url');
   const now = Math.floor(Date.now() / 1000);
   return Array.from({ length: count }, () => {
-    const claims = { iss: clientId, sub: clientId, aud: audience, jti: randomUUID(), iat: now, exp: now + 290 };
+    // A federated token is the cluster's service-account token: its iss and sub are the cluster's.
+    const claims = kid
+      ? { iss: CLUSTER.issuer, sub: CLUSTER.subject, aud: audience, jti: randomUUID(), iat: now, exp: now + 290, 'kubernetes.io': { namespace: 'bench', serviceaccount: { name: 'api' } } }
+      : { iss: clientId, sub: clientId, aud: audience, jti: randomUUID(), iat: now, exp: now + 290 };
     const input = `${header}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
     return `${input}.${sign('sha256', Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`;
   });
@@ -164,6 +170,12 @@ async function setup(): Promise<{ workspace: Workspace; secrets: Record<string, 
   const rsaJwks = join(workspace.dir, 'bench-jwt-rs.jwks');
   writeFileSync(rsaJwks, JSON.stringify({ keys: [{ ...rsa.publicKey.export({ format: 'jwk' }), alg: 'RS256', use: 'sig' }] }));
   await addClient(workspace, 'bench-jwt-rs', ['--auth', 'private_key_jwt', '--jwks', rsaJwks, '--audience', API, '--scope', 'read write']);
+  // Federated: a Kubernetes service-account token (RS256, as clusters sign them), keys static.
+  const clusterJwks = join(workspace.dir, 'bench-cluster.jwks');
+  writeFileSync(clusterJwks, JSON.stringify({ keys: [{ ...rsa.publicKey.export({ format: 'jwk' }), kid: CLUSTER.kid, alg: 'RS256', use: 'sig' }] }));
+  const cluster = await workspace.cli('issuer', ['add', 'bench-cluster', '--kind', 'kubernetes', '--issuer', CLUSTER.issuer, '--jwks', clusterJwks]);
+  if (cluster.code !== 0) throw new Error(cluster.stderr);
+  await addClient(workspace, 'bench-fed', ['--auth', 'federated', '--issuer', 'bench-cluster', '--subject', CLUSTER.subject, '--audience', API, '--scope', 'read write']);
   const certDir = join(workspace.dir, 'certs');
   const issued = await workspace.cli('client', ['cert', 'bench-mtls', '--out', certDir, '--json']);
   if (issued.code !== 0) throw new Error(issued.stderr);
@@ -211,10 +223,11 @@ async function main(): Promise<void> {
     }
     let nextToken = 0;
 
-    const jwtRun = (name: string, clientId: string, alg: 'ES256' | 'RS256') => () => {
+    const jwtRun = (name: string, clientId: string, alg: 'ES256' | 'RS256', kid?: string) => () => {
       // Fresh each round: an assertion may live 300 s at most. More than a run can use, so
-      // none is sent twice (a replay would be refused, and cheaper).
-      const pool = assertions(Math.ceil(SECONDS * 3000), clientId, ours!.issuer, jwtKeys[alg], alg);
+      // none is sent twice (a replay would be refused, and cheaper; a federated token may be
+      // sent again, but distinct ones cost the same as private_key_jwt's to parse).
+      const pool = assertions(Math.ceil(SECONDS * 3000), clientId, ours!.issuer, jwtKeys[alg], alg, kid);
       let next = 0;
       return load(name, {
         url: oursUrl, tlsOptions: tls,
@@ -228,7 +241,7 @@ async function main(): Promise<void> {
       });
     };
     const dpopKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-    const rounds: Record<'base' | 'basic' | 'dpop' | 'jwt' | 'jwtRs' | 'mtls' | 'jwks' | 'introspection', Measure[]> = { base: [], basic: [], dpop: [], jwt: [], jwtRs: [], mtls: [], jwks: [], introspection: [] };
+    const rounds: Record<'base' | 'basic' | 'dpop' | 'jwt' | 'jwtRs' | 'federated' | 'mtls' | 'jwks' | 'introspection', Measure[]> = { base: [], basic: [], dpop: [], jwt: [], jwtRs: [], federated: [], mtls: [], jwks: [], introspection: [] };
     const runs: Record<keyof typeof rounds, () => Promise<Measure>> = {
       base: () => load('bare engine, Basic', baselineBasic),
       basic: () => load('ours, Basic', oursBasic),
@@ -243,6 +256,7 @@ async function main(): Promise<void> {
       },
       jwt: jwtRun('ours, private_key_jwt (ES256)', 'bench-jwt', 'ES256'),
       jwtRs: jwtRun('ours, private_key_jwt (RS256)', 'bench-jwt-rs', 'RS256'),
+      federated: jwtRun('ours, federated (Kubernetes token, RS256)', 'bench-fed', 'RS256', CLUSTER.kid),
       mtls: () => load('ours, tls_client_auth (keep-alive)', {
         url: oursUrl, method: 'POST', headers: FORM, body: `${GRANT}&client_id=bench-mtls`, tlsOptions: { ca, cert: mtls.cert, key: mtls.key },
       }),
@@ -255,7 +269,7 @@ async function main(): Promise<void> {
         }],
       }),
     };
-    const order: (keyof typeof rounds)[] = ['base', 'basic', 'dpop', 'jwt', 'jwtRs', 'mtls', 'jwks', 'introspection'];
+    const order: (keyof typeof rounds)[] = ['base', 'basic', 'dpop', 'jwt', 'jwtRs', 'federated', 'mtls', 'jwks', 'introspection'];
     for (let round = 1; round <= ROUNDS; round += 1) {
       log(`round ${round}`);
       // Each round starts with a different run, so none gains from the order; ratios are
@@ -270,6 +284,7 @@ async function main(): Promise<void> {
     const dpop = combine('ours, Basic + DPoP (ES256 proof)', rounds.dpop);
     const jwt = combine('ours, private_key_jwt (ES256)', rounds.jwt);
     const jwtRs = combine('ours, private_key_jwt (RS256)', rounds.jwtRs);
+    const federated = combine('ours, federated (Kubernetes token, RS256)', rounds.federated);
     const mtlsRun = combine('ours, tls_client_auth (keep-alive)', rounds.mtls);
     // Every token introspected was active to the end (an inactive answer is cheaper).
     for (const token of [tokens[0]!, tokens[tokens.length - 1]!]) {
@@ -340,7 +355,7 @@ async function main(): Promise<void> {
       machine: { cpu: cpus()[0]?.model, cores: cpus().length, memory_gb: Math.round(totalmem() / 2 ** 30), node: process.version, pinned: hasTaskset },
       settings: { connections: CONNECTIONS, seconds_per_run: SECONDS, rounds: ROUNDS, pairs: PAIRS, seconds_per_pair_run: PAIR_SECONDS },
       ceiling,
-      runs: { base, basic, dpop, jwt, jwt_rs256: jwtRs, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds },
+      runs: { base, basic, dpop, jwt, jwt_rs256: jwtRs, federated, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds },
       basic_vs_baseline_pairs: pairRatios.map(round2),
       // Throughput ratios: the median of the ratios within each round (or each pair).
       ratios: {
@@ -351,6 +366,7 @@ async function main(): Promise<void> {
         dpop_vs_basic: round2(perRound(rounds.dpop, rounds.basic, (m) => m.requests_per_second)),
         private_key_jwt_vs_basic: round2(perRound(rounds.jwt, rounds.basic, (m) => m.requests_per_second)),
         private_key_jwt_rs256_vs_basic: round2(perRound(rounds.jwtRs, rounds.basic, (m) => m.requests_per_second)),
+        federated_vs_private_key_jwt_rs256: round2(perRound(rounds.federated, rounds.jwtRs, (m) => m.requests_per_second)),
         mtls_vs_basic: round2(perRound(rounds.mtls, rounds.basic, (m) => m.requests_per_second)),
         jwks_vs_rsa_ceiling: ratio(jwks.requests_per_second, ceiling.signatures_per_second),
         introspection_vs_rsa_ceiling: ratio(introspection.requests_per_second, ceiling.signatures_per_second),
@@ -371,18 +387,18 @@ interface Report {
   machine: { cpu: string; cores: number; memory_gb: number; node: string; pinned: boolean };
   settings: { connections: number; seconds_per_run: number; rounds: number; pairs: number; seconds_per_pair_run: number };
   ceiling: { signatures_per_second: number; jwts_per_second: number };
-  runs: Record<'base' | 'basic' | 'dpop' | 'jwt' | 'jwt_rs256' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure> & { rounds: unknown };
+  runs: Record<'base' | 'basic' | 'dpop' | 'jwt' | 'jwt_rs256' | 'federated' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure> & { rounds: unknown };
   ratios: Record<string, number>;
   memory_mb: Record<string, number>;
 }
 
 function writeReports(report: Report): void {
   const { runs, ratios, memory_mb: memory, ceiling, machine, settings } = report;
-  const rows = [runs.base, runs.basic, runs.dpop, runs.jwt, runs.jwt_rs256, runs.mtls, runs.mtls_reconnect, runs.jwks, runs.introspection, runs.two_workers];
+  const rows = [runs.base, runs.basic, runs.dpop, runs.jwt, runs.jwt_rs256, runs.federated, runs.mtls, runs.mtls_reconnect, runs.jwks, runs.introspection, runs.two_workers];
   const md = [
     `Measured ${report.date.slice(0, 10)} on ${machine.cores} × ${machine.cpu}, ${machine.memory_gb} GiB, Node ${machine.node}; `
       + `${machine.pinned ? 'server on core 0, load generator on core 1' : 'unpinned'}; ${settings.connections} connections, `
-      + `${settings.seconds_per_run} s per run after a 5 s warm-up; the bare engine, Basic, Basic with a DPoP proof, private_key_jwt (ES256 and RS256 assertions), mTLS, /jwks and introspection (256 distinct tokens) run in turn in ${settings.rounds} rounds (medians shown); PostgreSQL on the same machine.`,
+      + `${settings.seconds_per_run} s per run after a 5 s warm-up; the bare engine, Basic, Basic with a DPoP proof, private_key_jwt (ES256 and RS256 assertions), federated (a Kubernetes token, RS256), mTLS, /jwks and introspection (256 distinct tokens) run in turn in ${settings.rounds} rounds (medians shown); PostgreSQL on the same machine.`,
     '',
     '| run | requests/s | p50 ms | p99 ms | non-2xx |',
     '|---|---:|---:|---:|---:|',
@@ -390,7 +406,8 @@ function writeReports(report: Report): void {
     ...rows.map((r) => `| ${r.name} | ${r.requests_per_second} | ${r.p50_ms} | ${r.p99_ms} | ${r.non_2xx + r.errors} |`),
     '',
     `Ratios (within each round, median): Basic / bare engine **${ratios.basic_vs_baseline}** (from ${settings.pairs} alternating pairs of ${settings.seconds_per_pair_run} s runs: **${ratios.basic_vs_baseline_paired}**), p99 / bare engine ${ratios.p99_vs_baseline}, DPoP / Basic ${ratios.dpop_vs_basic}, `
-      + `private_key_jwt / Basic ${ratios.private_key_jwt_vs_basic} with ES256 assertions and ${ratios.private_key_jwt_rs256_vs_basic} with RS256, mTLS / Basic ${ratios.mtls_vs_basic}. `
+      + `private_key_jwt / Basic ${ratios.private_key_jwt_vs_basic} with ES256 assertions and ${ratios.private_key_jwt_rs256_vs_basic} with RS256, `
+      + `federated / private_key_jwt (RS256) ${ratios.federated_vs_private_key_jwt_rs256}, mTLS / Basic ${ratios.mtls_vs_basic}. `
       + `Basic / RSA ceiling **${ratios.basic_vs_rsa_ceiling}**, /jwks / RSA ceiling ${ratios.jwks_vs_rsa_ceiling}, introspection / RSA ceiling ${ratios.introspection_vs_rsa_ceiling}, `
       + `WORKERS=2 / one pinned worker ${ratios.two_workers_vs_one}.`,
     `Memory (RSS): idle ${memory.idle} MB, after ${memory.warmup_tokens} tokens ${memory.after_warmup} MB, after ${memory.tokens} tokens ${memory.after_all} MB (peak ${memory.peak} MB). `
