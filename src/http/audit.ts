@@ -96,7 +96,7 @@ function methodOf(ctx: Context): string | undefined {
 function federatedFields(ctx: Context): Record<string, unknown> {
   const federated = federatedOf(ctx);
   if (!federated) return {};
-  return { issuer: federated.issuer, ...(federated.kubernetes ? { kubernetes: federated.kubernetes } : {}) };
+  return { issuer: federated.issuer, subject: federated.subject, ...(federated.kubernetes ? { kubernetes: federated.kubernetes } : {}) };
 }
 
 const ENDPOINT_EVENTS: Record<string, string> = {

@@ -98,6 +98,8 @@ export interface IssuerKeysOptions {
 export class IssuerKeys {
   readonly #fetchers: Record<'public' | 'private', JsonFetch>;
   readonly #sets = new Map<string, IssuerKeySet>();
+  /** The set of each record the registry handed out, so a request computes no key. */
+  readonly #byRecord = new WeakMap<IssuerRecord, IssuerKeySet>();
   readonly #logger: Logger | undefined;
 
   constructor({ caFile, logger }: IssuerKeysOptions) {
@@ -130,6 +132,8 @@ export class IssuerKeys {
   }
 
   #setFor(issuer: IssuerRecord): IssuerKeySet {
+    const known = this.#byRecord.get(issuer);
+    if (known) return known;
     // One set per issuer and key source: re-registering an issuer with other keys starts afresh.
     const source = issuer.jwks ? `static:${JSON.stringify(issuer.jwks)}` : issuer.jwksUri ? `uri:${issuer.jwksUri}` : `discovery:${issuer.issuer}`;
     const key = `${issuer.name}\u0000${issuer.allowPrivate}\u0000${source}`;
@@ -139,6 +143,7 @@ export class IssuerKeys {
       if (this.#sets.size > 1000) this.#sets.clear();
       this.#sets.set(key, set);
     }
+    this.#byRecord.set(issuer, set);
     return set;
   }
 
