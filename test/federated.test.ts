@@ -7,7 +7,7 @@
 // with the reason in the log only.
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpsServer, type Server } from 'node:https';
 import { join } from 'node:path';
 
@@ -142,7 +142,7 @@ beforeAll(async () => {
   const x509Svid = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' });
   const spireJwk: JWK = { ...spire.jwk };
   delete spireJwk.alg;
-  serveJson('/spiffe/bundle', { keys: [{ ...x509Svid, use: 'x509-svid', x5c: ['MIIB'] }, { ...spireJwk, use: 'jwt-svid' }], spiffe_refresh_hint: 300, spiffe_sequence: 1 });
+  serveJson('/spiffe/bundle', { keys: [{ ...x509Svid, use: 'x509-svid', x5c: ['MIIB'] }, { ...spireJwk, use: 'jwt-svid' }], spiffe_refresh_hint: 1, spiffe_sequence: 1 });
   serveJson('/gha/.well-known/openid-configuration', { issuer: `${base}/gha`, jwks_uri: `${base}/gha/jwks` });
   serveJson('/gha/jwks', { keys: [gha.jwk] });
 
@@ -349,7 +349,7 @@ describe('every bad external token is 401 invalid_client, the reason in the log 
 describe('issuer keys', () => {
   test('an issuer whose keys are on a private address is refused without --allow-private, before connecting', async () => {
     const token = await externalToken(k8s, { iss: `https://localhost:${issuerPort}/np`, sub: 'system:serviceaccount:np:np' });
-    expect((await refused(token)).reason).toMatch(/not a public address/);
+    expect((await refused(token)).reason).toMatch(/not a public address \(the issuer was added without --allow-private\)/);
     expect(hits.get('/np/jwks')).toBeUndefined();
   });
 
@@ -379,6 +379,24 @@ describe('issuer keys', () => {
     expect((await tokenRequest(await kubernetesToken({}, k8sNext))).status).toBe(200);
     down.clear();
   });
+
+  test('a SPIFFE bundle is refetched after its refresh hint (30 s at least); while the endpoint is down, its cached keys keep serving', async () => {
+    expect((await tokenRequest(await jwtSvid(), JWT_SPIFFE)).status).toBe(200);
+    const before = hits.get('/spiffe/bundle') ?? 0;
+    down.add('/spiffe/bundle');
+    const statuses = new Set<number>();
+    // The bundle says spiffe_refresh_hint 1; the server refreshes after MIN_CACHE_SECONDS (30).
+    await eventually(async () => {
+      statuses.add((await tokenRequest(await jwtSvid(), JWT_SPIFFE)).status);
+      return (hits.get('/spiffe/bundle') ?? 0) > before;
+    }, 45_000, 'the bundle is refetched once its cache lifetime is over');
+    // The refetch failed; every request before and after it got its token from the cached keys.
+    statuses.add((await tokenRequest(await jwtSvid(), JWT_SPIFFE)).status);
+    expect([...statuses]).toEqual([200]);
+    const failures = await server.logLines((l) => l.msg === 'fetching an issuer\'s keys failed' && l.issuer === 'spire', 1);
+    expect(failures[0]).toMatchObject({ err: 'jwks_uri answered 503' });
+    down.clear();
+  }, 60_000);
 });
 
 test('metadata keeps the standard method names: the engine\'s stand-in method is not advertised', async () => {
@@ -413,10 +431,21 @@ describe('operator commands', () => {
       expect((await other.cli('client', ['add', 'one', '--auth', 'federated', '--issuer', 'ci', '--subject', GHA_SUBJECT, '--audience', API])).code).toBe(0);
       expect((await other.cli('migrate', ['latest'])).code).toBe(0);
       // One external identity is one client: the database refuses the second mapping.
-      expect((await other.cli('client', ['add', 'two', '--auth', 'federated', '--issuer', 'ci', '--subject', GHA_SUBJECT, '--audience', API])).code).toBe(0);
+      const two = await other.cli('client', ['add', 'two', '--auth', 'federated', '--issuer', 'ci', '--subject', GHA_SUBJECT, '--audience', API, '--json']);
+      expect(two.code).toBe(0);
       const migrate = await other.cli('migrate', ['latest']);
       expect(migrate.code).not.toBe(0);
       expect(migrate.stderr).toMatch(/clients_federated_identity_unique/);
+      rmSync(join(other.dir, (JSON.parse(two.stdout) as { migration: string }).migration));
+      // A federated client without its identity is refused by the database too.
+      writeFileSync(join(other.migrationsDir, '29990101000000_client_hand_written.ts'), `
+export async function up(knex) {
+  await knex('clients').insert({ client_id: 'hand', auth_method: 'federated', audiences: ['${API}'] });
+}
+export async function down() {}
+`);
+      const handWritten = await other.cli('migrate', ['latest']);
+      expect([handWritten.code, handWritten.stderr]).toEqual([1, expect.stringMatching(/federated_needs_identity_only/)]);
       const list = await other.cli('issuer', ['list', '--json']);
       expect(list.code).toBe(0);
       expect(JSON.parse(list.stdout)).toEqual([expect.objectContaining({ name: 'ci', kind: 'oidc', keys: 'discovery', audience: GHA_AUDIENCE, enabled: true })]);

@@ -52,7 +52,14 @@ async function addIssuer(name: string, options: AddOptions): Promise<void> {
   }
   if (options.jwks && options.jwksUri) throw new check.InputError('give --jwks or --jwks-uri, not both');
   if (options.jwks) {
-    const keys = issuerSigningKeys(JSON.parse(readFileSync(options.jwks, 'utf8')), options.kind);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFileSync(options.jwks, 'utf8'));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code) throw err;
+      throw new check.InputError(`${options.jwks} is not JSON`);
+    }
+    const keys = issuerSigningKeys(parsed, options.kind);
     issuer.jwks = await check.publicJwks(JSON.stringify({ keys }), options.jwks) as NewIssuer['jwks'];
   }
   if (options.jwksUri) issuer.jwksUri = check.absoluteUri('--jwks-uri', options.jwksUri, true);
