@@ -204,7 +204,9 @@ export function useFederatedClients(provider: Provider, deps: FederatedDeps): vo
     const checked = await verified(deps, issuer, pending.assertion);
     const k8s = checked['kubernetes.io'] as { namespace?: unknown; serviceaccount?: { name?: unknown }; pod?: { name?: unknown } } | undefined;
     if (issuer.kind === 'kubernetes' && k8s && typeof k8s === 'object') {
-      audit.kubernetes = { namespace: k8s.namespace, serviceaccount: k8s.serviceaccount?.name, pod: k8s.pod?.name };
+      // Kubernetes names are at most 253 characters; anything else is not one.
+      const name = (value: unknown) => (typeof value === 'string' ? value.slice(0, 253) : undefined);
+      audit.kubernetes = { namespace: name(k8s.namespace), serviceaccount: name(k8s.serviceaccount?.name), pod: name(k8s.pod?.name) };
     }
     oidc[PARAMS]!.client_id = clientId;
     return client;
