@@ -16,7 +16,7 @@ import { fetch as undiciFetch } from 'undici';
 
 import { ensureDevTls } from '../src/keys/dev-tls.ts';
 import {
-  addClient, createWorkspace, eventually, freePort, sleep, startServer, type RunningServer, type Workspace,
+  addClient, applyPending, createWorkspace, eventually, freePort, sleep, startServer, type RunningServer, type Workspace,
 } from './helpers/server.ts';
 
 const API = 'https://api.example.test';
@@ -54,6 +54,7 @@ let spire: Key; // ES256, in a SPIFFE bundle without alg
 let gha: Key; // ES256, discovery
 let staticKey: Key; // EdDSA, registered as a static JWKS
 let stranger: Key; // nobody's key
+let boundCert: { cert: string; key: string }; // svc-k8s-bound's TLS client certificate
 
 async function makeKey(alg: string, kid: string): Promise<Key> {
   const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true });
@@ -173,6 +174,11 @@ beforeAll(async () => {
   await federated('svc-np', 'public-only', 'system:serviceaccount:np:np');
   await federated('svc-retired', 'retired', 'system:serviceaccount:old:old');
   await addClient(workspace, 'svc-basic', ['--auth', 'client_secret_basic', '--audience', API]);
+  await federated('svc-k8s-bound', 'cluster', 'system:serviceaccount:payments:bound', ['--bound']);
+  const issued = await workspace.cli('client', ['cert', 'svc-k8s-bound', '--json']);
+  if (issued.code !== 0) throw new Error(issued.stderr);
+  const { certificate, key } = JSON.parse(issued.stdout) as { certificate: string; key: string };
+  boundCert = { cert: readFileSync(certificate, 'utf8'), key: readFileSync(key, 'utf8') };
 
   server = await startServer(workspace, { JWKS_URI_CA: join(workspace.keysDir, 'dev-ca.crt') });
 
@@ -247,6 +253,16 @@ describe('each kind of issuer gets a token for the mapped client', () => {
     const res = await tokenRequest(token);
     expect(res.status).toBe(200);
     expect(res.body.access_token).toEqual(expect.any(String));
+  });
+
+  test('--bound applies as for any client: a certificate-bound token with a certificate, an error without', async () => {
+    const form = { grant_type: 'client_credentials', client_assertion_type: JWT_BEARER, client_assertion: await kubernetesToken({ sub: 'system:serviceaccount:payments:bound' }) };
+    const without = await server.post('/token', form);
+    expect([without.status, without.body.error, without.body.access_token]).toEqual([400, 'invalid_grant', undefined]);
+    const withCert = await server.post('/token', form, { cert: boundCert });
+    expect(withCert.status).toBe(200);
+    const claims = await verifiedAccessToken(withCert.body.access_token);
+    expect(claims).toMatchObject({ client_id: 'svc-k8s-bound', cnf: { 'x5t#S256': expect.any(String) } });
   });
 
   test('introspection and revocation authenticate a federated caller', async () => {
@@ -397,6 +413,18 @@ describe('issuer keys', () => {
     expect(failures[0]).toMatchObject({ err: 'jwks_uri answered 503' });
     down.clear();
   }, 60_000);
+});
+
+test('issuer disable and enable reach the running server (NOTIFY on PostgreSQL; a restart on the embedded database)', async () => {
+  const edgeToken = () => externalToken(staticKey, { iss: 'https://kubernetes.default.svc.cluster.local', sub: 'system:serviceaccount:edge:worker' });
+  expect((await tokenRequest(await edgeToken())).status).toBe(200);
+  expect((await workspace.cli('issuer', ['disable', 'edge'])).code).toBe(0);
+  server = await applyPending(server, { JWKS_URI_CA: join(workspace.keysDir, 'dev-ca.crt') });
+  await eventually(async () => (await tokenRequest(await edgeToken())).status === 401, 15_000, 'the disabled issuer is refused');
+  expect((await refused(await edgeToken())).reason).toBe('issuer edge is disabled');
+  expect((await workspace.cli('issuer', ['enable', 'edge'])).code).toBe(0);
+  server = await applyPending(server, { JWKS_URI_CA: join(workspace.keysDir, 'dev-ca.crt') });
+  await eventually(async () => (await tokenRequest(await edgeToken())).status === 200, 15_000, 'the enabled issuer is accepted again');
 });
 
 test('metadata keeps the standard method names: the engine\'s stand-in method is not advertised', async () => {
