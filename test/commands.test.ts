@@ -28,7 +28,7 @@ afterAll(async () => {
 });
 
 /** The command as a deploy job runs it: only `env` (plus `extra`), nothing of the server's. */
-function command(script: 'migrate' | 'client' | 'keys', args: string[], extra: Record<string, string> = {}): Promise<CommandResult> {
+function command(script: 'migrate' | 'client' | 'keys' | 'issuer', args: string[], extra: Record<string, string> = {}): Promise<CommandResult> {
   return new Promise((done) => {
     execFile(process.execPath, [join(ROOT, 'src', 'cli', `${script}.ts`), ...args], { cwd: workspace.dir, env: { ...env, ...extra }, timeout: 60_000 }, (err, stdout, stderr) => {
       done({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
@@ -61,6 +61,20 @@ test(`migrate, client add, migrate, client list and rollback with only the datab
   // The same job in an environment that also carries the server's settings, unusable here.
   ok(await command('migrate', ['latest'], SERVER_ONLY));
   ok(await command('client', ['list', '--json'], SERVER_ONLY));
+}, 180_000);
+
+test('issuer add and list, and a federated client, with only the database settings', async () => {
+  const ok = (result: CommandResult) => {
+    expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' });
+    return result;
+  };
+  ok(await command('issuer', ['add', 'ci', '--issuer', 'https://token.actions.githubusercontent.com', '--json'], SERVER_ONLY));
+  ok(await command('client', ['add', 'svc-ci', '--auth', 'federated', '--issuer', 'ci', '--subject', 'repo:acme/app:ref:refs/heads/main', '--audience', 'https://api.example.test'], SERVER_ONLY));
+  ok(await command('migrate', ['latest']));
+  expect(JSON.parse(ok(await command('issuer', ['list', '--json'], SERVER_ONLY)).stdout)).toEqual([expect.objectContaining({ name: 'ci', enabled: true })]);
+  expect(JSON.parse(ok(await command('client', ['list', '--json'], SERVER_ONLY)).stdout)).toEqual(expect.arrayContaining([
+    expect.objectContaining({ client_id: 'svc-ci', auth: 'federated', issuer: 'ci', subject: 'repo:acme/app:ref:refs/heads/main' }),
+  ]));
 }, 180_000);
 
 test('keys needs no ISSUER or TLS files: the database and the key-encryption key', async () => {

@@ -9,11 +9,10 @@ import { DEFAULT_MAX_LIFETIME, ISSUER_KINDS, IssuerRegistry, type IssuerKind } f
 import { issuerMigrationFor, writeAddIssuer, writeSetIssuerEnabled, type NewIssuer } from '../clients/migrations.ts';
 import * as check from '../clients/validate.ts';
 import { issuerSigningKeys } from '../oauth/issuer-keys.ts';
-import { loadSettings } from '../settings.ts';
 import { openDatabase } from '../storage/database.ts';
-import { run, say } from './output.ts';
+import { commandSettings, run, say } from './output.ts';
 
-const settings = loadSettings();
+const settings = commandSettings('issuer');
 const program = new Command('issuer').description('trust external issuers of workload identities for federated clients (each change is a migration)');
 program.exitOverride();
 
