@@ -410,7 +410,7 @@ describe('issuer keys', () => {
     statuses.add((await tokenRequest(await jwtSvid(), JWT_SPIFFE)).status);
     expect([...statuses]).toEqual([200]);
     const failures = await server.logLines((l) => l.msg === 'fetching an issuer\'s keys failed' && l.issuer === 'spire', 1);
-    expect(failures[0]).toMatchObject({ err: 'jwks_uri answered 503' });
+    expect(failures[0]).toMatchObject({ err: 'issuer endpoint answered 503' });
     down.clear();
   }, 60_000);
 });

@@ -117,9 +117,7 @@ export class IssuerKeys {
     if (set.expired) {
       // A failed refresh keeps the keys fetched before, for as long as MAX_STALE_SECONDS allows.
       await set.refresh().catch((err: unknown) => {
-        // The fetcher's hint names the setting for clients' jwks_uri; an issuer has its own flag.
-        const why = (err as Error).message.replace('JWKS_URI_ALLOW_PRIVATE is false', 'the issuer was added without --allow-private');
-        if (!set.usable) throw new IssuerKeysUnavailable(`keys of issuer ${issuer.name} are unavailable: ${why}`);
+        if (!set.usable) throw new IssuerKeysUnavailable(`keys of issuer ${issuer.name} are unavailable: ${(err as Error).message}`);
       });
     }
     if (!set.resolver) throw new IssuerKeysUnavailable(`keys of issuer ${issuer.name} are unavailable`);
