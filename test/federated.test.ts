@@ -109,7 +109,8 @@ async function refused(assertion: string, type = JWT_BEARER, extra: Record<strin
   expectInvalidClient(res);
   let line: Record<string, unknown> = {};
   await eventually(async () => {
-    const found = server.output().slice(before).split('\n').find((l) => l.includes('"event":"token.refused"'));
+    // Log lines are written asynchronously: an earlier test's late 400 must not be taken for this 401.
+    const found = server.output().slice(before).split('\n').find((l) => l.includes('"event":"token.refused"') && l.includes('"status":401'));
     if (found) line = JSON.parse(found) as Record<string, unknown>;
     return found !== undefined;
   }, 5000, 'the refusal is logged');
@@ -259,6 +260,7 @@ describe('each kind of issuer gets a token for the mapped client', () => {
     const form = { grant_type: 'client_credentials', client_assertion_type: JWT_BEARER, client_assertion: await kubernetesToken({ sub: 'system:serviceaccount:payments:bound' }) };
     const without = await server.post('/token', form);
     expect([without.status, without.body.error, without.body.access_token]).toEqual([400, 'invalid_grant', undefined]);
+    expect(await server.logLines((l) => l.event === 'token.refused' && l.client_id === 'svc-k8s-bound' && l.status === 400, 1)).toHaveLength(1);
     const withCert = await server.post('/token', form, { cert: boundCert });
     expect(withCert.status).toBe(200);
     const claims = await verifiedAccessToken(withCert.body.access_token);
