@@ -101,7 +101,14 @@ async function liveHeapMb(pid: number, dir: string): Promise<number> {
     const size = statSync(file).size;
     await sleep(1000);
     if (statSync(file).size !== size) continue;
-    const snapshot = JSON.parse(readFileSync(file, 'utf8')) as { snapshot: { meta: { node_fields: string[] } }; nodes: number[] };
+    // A loaded machine can pause the writer for longer than a second: a file that does not
+    // parse yet is still being written.
+    let snapshot: { snapshot: { meta: { node_fields: string[] } }; nodes: number[] };
+    try {
+      snapshot = JSON.parse(readFileSync(file, 'utf8')) as typeof snapshot;
+    } catch {
+      continue;
+    }
     rmSync(file);
     const fields = snapshot.snapshot.meta.node_fields;
     const selfSize = fields.indexOf('self_size');
