@@ -62,7 +62,7 @@ async function prepareKeys(settings: Settings, database: OpenDatabase, logger: L
       logger.info({ kids: imported, files: files.files }, 'imported the signing-key files of an earlier version: the database holds them now, encrypted, and the files may be deleted');
     }
   }
-  const keys = await loadKeys(database.db, encryption);
+  const keys = await loadKeys(database.db, encryption, times);
   requireDecryptable(keys);
   if (!keys.signer) {
     const added = await addKey(database.db, encryption, times, await generateSigningKey(), 'first-start', { onlyIfNone: true });
@@ -144,7 +144,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
   const closers: (() => Promise<void>)[] = [() => database.close()];
   try {
     const encryption = keyEncryption(settings);
-    const keys = await loadKeys(database.db, encryption);
+    const keys = await loadKeys(database.db, encryption, scheduleTimes(settings));
     requireDecryptable(keys);
     if (!keys.signer?.privateKey) throw new Error('no signing key in the database: run `npm run keys -- generate`');
     const tls = await tlsMaterial(settings);

@@ -369,6 +369,60 @@ describe('key storage and the key-encryption key', () => {
   });
 });
 
+describe('servers apply their own delays, whatever the keys command assumed', () => {
+  let workspace: Workspace;
+  const servers: RunningServer[] = [];
+  afterAll(async () => {
+    for (const server of servers) await server.stop();
+    await workspace?.remove();
+  });
+
+  test('a key the command scheduled with shorter delays neither signs nor leaves /jwks before the servers\' own delays', async () => {
+    // The servers: /jwks cached for an hour, tokens living an hour. The command runs with
+    // its own, much shorter settings (as it would with none at all: the defaults are 300/30/3600).
+    const serverTimes = { JWKS_MAX_AGE: '3600', MAX_ACCESS_TOKEN_TTL: '3600', KEYS_RELOAD_SECONDS: '1', KEY_ROTATION_DAYS: '0' };
+    const command = { JWKS_MAX_AGE: '0', MAX_ACCESS_TOKEN_TTL: '1', ACCESS_TOKEN_TTL: '1', KEYS_RELOAD_SECONDS: '1' };
+    workspace = await createWorkspace({ ...serverTimes, KEYS_ENCRYPTION_KEY: newKek() });
+    const { client_secret: secret } = (await addClient(workspace, 'svc', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string };
+    await migrate(workspace);
+    const kid = async (args: string[]) => {
+      const result = await workspace.cli('keys', [...args, '--json'], command);
+      expect(result).toMatchObject({ code: 0, stderr: '' });
+      return (JSON.parse(result.stdout) as { kid: string }).kid;
+    };
+    const k1 = await kid(['generate']);
+    const k2 = await kid(['generate']);
+    const k3 = await kid(['generate']);
+    await kid(['retire', k3]);
+    // By the stored times (the command's), K2 signs and K3 has left /jwks: `keys list` shows them as stored.
+    await eventually(async () => {
+      const states = new Map((await listKeys(workspace, command)).map((k) => [k.kid, k.state]));
+      return states.get(k2) === 'signing' && states.get(k3) === 'expired';
+    }, 30_000, 'the stored times passed');
+
+    servers.push(await startServer(workspace));
+    if (ON_POSTGRES) {
+      const port = await freePort();
+      servers.push(await startServer(workspace, { PORT: String(port), ISSUER: `https://localhost:${port}` }));
+    }
+    for (const server of servers) {
+      // K2 is published (its hour of caching has begun), but the old key keeps signing; the
+      // retired K3 stays published for the servers' token lifetime.
+      expect(await publishedKids(server)).toEqual([k1, k2, k3]);
+      for (let i = 0; i < 3; i += 1) expect((await token(server, secret)).kid).toBe(k1);
+    }
+    if (ON_POSTGRES) {
+      // Running servers too: a change read after the stored times leaves the signer as it was.
+      const k4 = await kid(['generate']);
+      await eventually(async () => (await Promise.all(servers.map(publishedKids))).every((kids) => kids.includes(k4)), 30_000, `${k4} in every /jwks`);
+      for (const server of servers) {
+        expect(await publishedKids(server)).toEqual([k1, k2, k3, k4]);
+        expect((await token(server, secret)).kid).toBe(k1);
+      }
+    }
+  }, 120_000);
+});
+
 describe('the keys command', () => {
   let workspace: Workspace;
   beforeAll(async () => {

@@ -27,6 +27,10 @@ export interface ScheduleTimes {
   maxTokenTtl: number;
 }
 
+const signingDelay = (times: ScheduleTimes) => times.jwksMaxAge + times.reloadSeconds;
+/** One interval for the slowest instance to stop signing with it, one more for clocks that differ between hosts. */
+const unpublishDelay = (times: ScheduleTimes) => 2 * times.reloadSeconds + times.maxTokenTtl;
+
 export type KeyState = 'signing' | 'published' | 'pending' | 'retired' | 'expired';
 
 export interface SigningKey {
@@ -123,8 +127,25 @@ function toKey(row: Row, encryption: KeyEncryption | undefined, problems: string
   return key;
 }
 
-/** Which key signs and which are published at `now`: the rules of the schedule, nothing else. */
-export function scheduleOf(all: SigningKey[], now: number, problems: string[] = []): KeySet {
+/**
+ * A key as a server with `times` applies it. The stored times come from whoever added or
+ * retired the key (the `keys` command with its own settings, maybe the defaults); a server
+ * whose /jwks is cached longer, or whose tokens live longer, never signs sooner or
+ * unpublishes sooner than its own settings allow. A key stored to sign at once (the first
+ * of an empty database, a former signer imported from files) still does.
+ */
+function withOwnDelays(key: SigningKey, times: ScheduleTimes): SigningKey {
+  const signsFrom = key.signsFrom <= key.publishedAt ? key.signsFrom : Math.max(key.signsFrom, key.publishedAt + signingDelay(times));
+  if (key.retiredAt === undefined) return { ...key, signsFrom };
+  return { ...key, signsFrom, unpublishAt: Math.max(key.unpublishAt!, key.retiredAt + unpublishDelay(times)) };
+}
+
+/**
+ * Which key signs and which are published at `now`: the rules of the schedule, nothing else.
+ * With `times` (a server's), as that server applies them; without, the stored times.
+ */
+export function scheduleOf(stored: SigningKey[], now: number, problems: string[] = [], times?: ScheduleTimes): KeySet {
+  const all = times ? stored.map((k) => withOwnDelays(k, times)) : stored;
   const sorted = [...all].sort((a, b) => a.publishedAt - b.publishedAt || a.order - b.order);
   const active = sorted.filter((k) => k.retiredAt === undefined);
   const ready = active.filter((k) => k.signsFrom <= now);
@@ -145,11 +166,12 @@ export function stateOf(key: SigningKey, set: KeySet, at = set.now): KeyState {
 /**
  * The keys as of the database's clock now. With `encryption`, active keys' private parts
  * are decrypted (a failure is listed in `problems`); without, only the schedule is read.
+ * With `times`, scheduled as a server with those settings serves them; without, as stored.
  */
-export async function loadKeys(db: Database, encryption?: KeyEncryption): Promise<KeySet> {
+export async function loadKeys(db: Database, encryption?: KeyEncryption, times?: ScheduleTimes): Promise<KeySet> {
   const now = await clock(db);
   const problems: string[] = [];
-  return scheduleOf((await rows(db)).map((row) => toKey(row, encryption, problems)), now, problems);
+  return scheduleOf((await rows(db)).map((row) => toKey(row, encryption, problems)), now, problems, times);
 }
 
 /** At start, a key that does not decrypt is a wrong or missing KEYS_ENCRYPTION_KEY: never run without it. */
@@ -202,10 +224,6 @@ async function insert(trx: Database, encryption: KeyEncryption, key: Insert): Pr
   );
   return { kid, inserted: (result as { rows: unknown[] }).rows.length === 1 };
 }
-
-const signingDelay = (times: ScheduleTimes) => times.jwksMaxAge + times.reloadSeconds;
-/** One interval for the slowest instance to stop signing with it, one more for clocks that differ between hosts. */
-const unpublishDelay = (times: ScheduleTimes) => 2 * times.reloadSeconds + times.maxTokenTtl;
 
 async function activeKids(trx: Database): Promise<number> {
   const result = await trx.raw('SELECT count(*)::int AS n FROM signing_keys WHERE retired_at IS NULL');
@@ -352,7 +370,7 @@ export async function rotate(db: Database, encryption: KeyEncryption, times: Sch
   // Made before taking the lock, so that the lock is held for milliseconds; a loser's key is dropped.
   const privateKey = due.generate ? await generateSigningKey() : undefined;
   return locked(db, async (trx, now) => {
-    const set = scheduleOf((await rows(trx)).map((row) => toKey(row, undefined, [])), now);
+    const set = scheduleOf((await rows(trx)).map((row) => toKey(row, undefined, [])), now, [], times);
     const still = rotationDue(set, rotationSeconds);
     const done: { generated?: string; retired?: string; replaces?: string } = {};
     if (still.retire) done.retired = (await retire(trx, times, still.retire, now)).kid;
