@@ -282,6 +282,52 @@ twoInstances('automatic rotation with two instances (PostgreSQL only)', () => {
   }, 180_000);
 });
 
+describe('automatic rotation retires every older key, however it came', () => {
+  let workspace: Workspace;
+  const servers: RunningServer[] = [];
+  afterAll(async () => {
+    for (const server of servers) await server.stop();
+    await workspace?.remove();
+  });
+
+  test('keys from the command (generate and import) are retired once a newer one signs, each once across instances', async () => {
+    // Rotation on (one day: none is due during the test); a new key signs 1 s after it is published.
+    workspace = await createWorkspace({
+      JWKS_MAX_AGE: '0', KEYS_RELOAD_SECONDS: '1', MAX_ACCESS_TOKEN_TTL: '60', ACCESS_TOKEN_TTL: '60',
+      KEYS_ENCRYPTION_KEY: newKek(), KEY_ROTATION_DAYS: '1',
+    });
+    const { client_secret: secret } = (await addClient(workspace, 'svc', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string };
+    await migrate(workspace);
+    const generate = async () => (JSON.parse((await workspace.cli('keys', ['generate', '--json'])).stdout) as { kid: string }).kid;
+    const k1 = await generate();
+    const known = await rsaKey();
+    const file = join(workspace.dir, 'k2.pem');
+    writeFileSync(file, known.pem);
+    expect((await workspace.cli('keys', ['import', file])).code).toBe(0);
+    const k3 = await generate();
+
+    servers.push(await startServer(workspace));
+    if (ON_POSTGRES) {
+      const port = await freePort();
+      servers.push(await startServer(workspace, { PORT: String(port), ISSUER: `https://localhost:${port}` }));
+    }
+    const retiredLines = () => servers.flatMap((s) => s.output().split('\n').filter((l) => l.includes('automatic rotation: retired')));
+    await eventually(async () => retiredLines().length >= 2, 30_000, 'the two older keys retired');
+    for (const server of servers) {
+      await eventually(async () => (await token(server, secret)).kid === k3, 30_000, `${k3} signing`);
+      // Retired, they stay published for the tokens they signed.
+      expect(new Set(await publishedKids(server))).toEqual(new Set([k1, known.kid, k3]));
+    }
+    // The embedded database opens in one process: list once the servers have stopped.
+    for (const server of servers) await server.stop();
+    const keys = await listKeys(workspace);
+    expect(keys.map((k) => [k.kid, k.state, k.origin])).toEqual([[k1, 'retired', 'command'], [known.kid, 'retired', 'import'], [k3, 'signing', 'command']]);
+    // Each retired once, by one instance: no rotation made a key.
+    expect(retiredLines()).toHaveLength(2);
+    expect(servers.some((s) => s.output().includes('generated the successor'))).toBe(false);
+  }, 120_000);
+});
+
 describe('key storage and the key-encryption key', () => {
   let workspace: Workspace | undefined;
   afterEach(async () => {
@@ -528,7 +574,8 @@ describe('upgrade from key files', () => {
 
   test('of key files that had all been there long enough, the newest, which signed, keeps signing', async () => {
     // A delay of one second: after three, both files had become ready under the earlier version's rule.
-    workspace = await createWorkspace({ JWKS_MAX_AGE: '0', KEYS_RELOAD_SECONDS: '1', KEYS_ENCRYPTION_KEY: newKek() });
+    // Rotation off: with it on, the older key would be retired once the newer one signs.
+    workspace = await createWorkspace({ JWKS_MAX_AGE: '0', KEYS_RELOAD_SECONDS: '1', KEYS_ENCRYPTION_KEY: newKek(), KEY_ROTATION_DAYS: '0' });
     const { client_secret: secret } = (await addClient(workspace, 'svc', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string };
     const [older, newer] = [await rsaKey(), await rsaKey()];
     writeFileSync(join(workspace.keysDir, `sig-${older.kid}.pem`), older.pem, { mode: 0o600 });

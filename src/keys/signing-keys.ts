@@ -344,36 +344,39 @@ export async function importLegacyKeys(db: Database, encryption: KeyEncryption, 
 export interface RotationDue {
   /** Generate a successor to the signer. */
   generate: boolean;
-  /** Retire this key: its successor signs. */
-  retire?: string;
+  /** Retire these keys: a newer key signs. */
+  retire: string[];
 }
 
 /**
  * Automatic rotation: a successor when the signer is `rotationSeconds` old and none is on
- * its way; the key it replaced retired once the successor signs.
+ * its way; once a key signs by its own schedule, every active key older than it is retired,
+ * however it came (rotation, command, import, first start, files), so none stays forever.
  */
 export function rotationDue(set: KeySet, rotationSeconds: number): RotationDue {
   const signer = set.signer;
-  if (!rotationSeconds || !signer) return { generate: false };
-  const replaced = signer.replaces ? set.all.find((k) => k.kid === signer.replaces && k.retiredAt === undefined) : undefined;
-  const newer = set.all.some((k) => k.retiredAt === undefined && k !== signer && (k.publishedAt > signer.publishedAt || (k.publishedAt === signer.publishedAt && k.order > signer.order)));
+  if (!rotationSeconds || !signer) return { generate: false, retire: [] };
+  const isNewer = (k: SigningKey) => k.publishedAt > signer.publishedAt || (k.publishedAt === signer.publishedAt && k.order > signer.order);
+  const active = set.all.filter((k) => k.retiredAt === undefined && k !== signer);
+  // A signer only for want of a ready key (with none ready, the oldest signs) retires nothing.
+  const ready = signer.signsFrom <= set.now;
   return {
-    generate: set.now - signer.publishedAt >= rotationSeconds && !newer,
-    ...(replaced ? { retire: replaced.kid } : {}),
+    generate: set.now - signer.publishedAt >= rotationSeconds && !active.some(isNewer),
+    retire: ready ? active.filter((k) => !isNewer(k)).map((k) => k.kid) : [],
   };
 }
 
 /** Does what `rotationDue` asks, if it is still due under the lock: however many servers ask, once. */
-export async function rotate(db: Database, encryption: KeyEncryption, times: ScheduleTimes, rotationSeconds: number, seen: KeySet): Promise<{ generated?: string; retired?: string; replaces?: string }> {
+export async function rotate(db: Database, encryption: KeyEncryption, times: ScheduleTimes, rotationSeconds: number, seen: KeySet): Promise<{ generated?: string; retired: string[]; replaces?: string }> {
   const due = rotationDue(seen, rotationSeconds);
-  if (!due.generate && !due.retire) return {};
+  if (!due.generate && !due.retire.length) return { retired: [] };
   // Made before taking the lock, so that the lock is held for milliseconds; a loser's key is dropped.
   const privateKey = due.generate ? await generateSigningKey() : undefined;
   return locked(db, async (trx, now) => {
     const set = scheduleOf((await rows(trx)).map((row) => toKey(row, undefined, [])), now, [], times);
     const still = rotationDue(set, rotationSeconds);
-    const done: { generated?: string; retired?: string; replaces?: string } = {};
-    if (still.retire) done.retired = (await retire(trx, times, still.retire, now)).kid;
+    const done: { generated?: string; retired: string[]; replaces?: string } = { retired: [] };
+    for (const kid of still.retire) done.retired.push((await retire(trx, times, kid, now)).kid);
     if (still.generate && privateKey && set.signer) {
       const { kid } = await insert(trx, encryption, { privateKey, origin: 'rotation', publishedAt: now, signsFrom: now + signingDelay(times), replaces: set.signer.kid });
       done.generated = kid;
