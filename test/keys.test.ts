@@ -359,6 +359,24 @@ describe('key storage and the key-encryption key', () => {
     expect(dump).not.toMatch(/"d":/);
   });
 
+  test('rolling back the migration that holds the keys is refused while it has any, unless M2M_ALLOW_KEY_LOSS=true', async () => {
+    workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: newKek() });
+    await migrate(workspace);
+    expect((await workspace.cli('keys', ['generate'])).code).toBe(0);
+    const refused = await workspace.cli('migrate', ['rollback']);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr.trimEnd().split('\n')).toHaveLength(1);
+    expect(refused.stderr).toMatch(/^error: refusing to roll back: signing_keys holds 1 signing key\(s\), the only copy of the private keys; .*M2M_ALLOW_KEY_LOSS=true/);
+    // Nothing was rolled back, not even the migrations of the batch after it.
+    expect((await workspace.cli('migrate', ['latest'])).stdout).toMatch(/already up to date/);
+    expect(await listKeys(workspace)).toHaveLength(1);
+    // Asked for by name: the batch rolls back, the keys with it.
+    const allowed = await workspace.cli('migrate', ['rollback'], { M2M_ALLOW_KEY_LOSS: 'true' });
+    expect(allowed).toMatchObject({ code: 0, stderr: '' });
+    expect(allowed.stdout).toMatch(/signing_keys/);
+    expectOneLineRefusal(await workspace.cli('keys', ['list']), /no signing_keys table/);
+  });
+
   test('a wrong or missing key-encryption key stops the start with one line naming the setting', async () => {
     const right = newKek();
     workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: right });
