@@ -184,7 +184,9 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     closers.push(() => bruteForce.close());
     const lifecycle: Lifecycle = { draining: false, inFlight: 0 };
     // Read once: every process and instance signs and checks DPoP nonces with this one secret.
-    const dpopNonceSecret = settings.dpopNonce ? await sharedSecret(database.db, 'dpop_nonce') : undefined;
+    const dpopNonceSecret = settings.dpopNonce ? await sharedSecret(database.db, 'dpop_nonce', encryption).catch((err: unknown) => {
+      throw (err as Error).message.includes('key-encryption key') ? new SettingError(`setting KEYS_ENCRYPTION_KEY="<redacted>" is invalid: ${(err as Error).message}`) : err;
+    }) : undefined;
     const deps = {
       settings, registry, issuers, issuerKeys, replay, revocations, logger, certificates, bruteForce, metrics, lifecycle, dpopNonceSecret,
       pingDatabase: async () => {

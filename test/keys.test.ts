@@ -6,7 +6,7 @@
 // settings, every "not before" is checked against the database's own times, and every wait
 // is for an outcome with a generous deadline.
 import { execFile } from 'node:child_process';
-import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { createDecipheriv, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -359,6 +359,34 @@ describe('key storage and the key-encryption key', () => {
     expect(dump).not.toMatch(/"d":/);
   });
 
+  test('the DPoP nonce secret is stored encrypted under the key-encryption key, never in clear', async () => {
+    const kek = newKek();
+    workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: kek, DPOP_NONCE: 'true' });
+    const server = await startServer(workspace);
+    await server.stop();
+    const dump = JSON.parse(await dumpDatabase(workspace)) as { shared_secrets: { name: string; kek_id: string; secret_encrypted: string }[] };
+    const row = dump.shared_secrets.find((r) => r.name === 'dpop_nonce')!;
+    expect(row).toBeDefined();
+    expect(Object.keys(row)).not.toContain('secret');
+    // The control: it opens with the key-encryption key (AES-256-GCM: IV, tag, ciphertext), and only bound to its name.
+    const raw = Buffer.from(row.secret_encrypted, 'base64url');
+    const open = (aad: string) => {
+      const decipher = createDecipheriv('aes-256-gcm', Buffer.from(kek, 'base64url'), raw.subarray(0, 12));
+      decipher.setAAD(Buffer.from(aad));
+      decipher.setAuthTag(raw.subarray(12, 28));
+      return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]);
+    };
+    const secret = open('m2m-shared-secret:dpop_nonce');
+    expect(secret).toHaveLength(32);
+    expect(() => open('m2m-signing-key:dpop_nonce')).toThrow();
+    const text = JSON.stringify(dump);
+    for (const form of [secret.toString('base64url'), secret.toString('base64'), secret.toString('hex')]) expect(text).not.toContain(form);
+    // Started again, it reads the same secret: nonces keep working across restarts and instances.
+    const again = await startServer(workspace);
+    await again.stop();
+    expect((JSON.parse(await dumpDatabase(workspace)) as typeof dump).shared_secrets).toEqual(dump.shared_secrets);
+  });
+
   test('rolling back the migration that holds the keys is refused while it has any, unless M2M_ALLOW_KEY_LOSS=true', async () => {
     workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: newKek() });
     await migrate(workspace);
@@ -400,10 +428,12 @@ describe('key storage and the key-encryption key', () => {
 
   test('rotating the key-encryption key: a new one in front, reencrypt, then the old one can go', async () => {
     const [oldKek, newOne] = [newKek(), newKek()];
-    workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: oldKek });
+    workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: oldKek, DPOP_NONCE: 'true' });
     await migrate(workspace);
     expect((await workspace.cli('keys', ['generate'])).code).toBe(0);
     const before = await listKeys(workspace);
+    // A server makes the DPoP nonce secret under the old key-encryption key: it moves too.
+    await (await startServer(workspace)).stop();
     // Both in the list: the first encrypts (new keys), every one decrypts.
     const both = { KEYS_ENCRYPTION_KEY: `${newOne},${oldKek}` };
     expect((await workspace.cli('keys', ['generate'], both)).code).toBe(0);
@@ -413,7 +443,7 @@ describe('key storage and the key-encryption key', () => {
     expectOneLineRefusal(await workspace.cli('keys', ['reencrypt'], { KEYS_ENCRYPTION_KEY: newOne }), /^error: key \S+ is encrypted under key-encryption key \S+, which is not in KEYS_ENCRYPTION_KEY.*nothing was changed/);
     const reencrypted = await workspace.cli('keys', ['reencrypt', '--json'], both);
     expect(reencrypted).toMatchObject({ code: 0, stderr: '' });
-    expect(JSON.parse(reencrypted.stdout).reencrypted).toEqual([before[0]!.kid]);
+    expect(JSON.parse(reencrypted.stdout)).toMatchObject({ reencrypted: [before[0]!.kid], secrets: ['dpop_nonce'] });
     const after = await listKeys(workspace, { KEYS_ENCRYPTION_KEY: newOne });
     expect(new Set(after.map((k) => k.kek_id))).toEqual(new Set([mixed.find((k) => k.kid !== before[0]!.kid)!.kek_id]));
     // The server starts with the new key-encryption key alone.

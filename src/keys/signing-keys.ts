@@ -13,6 +13,7 @@ import { calculateJwkThumbprint, type JWK } from 'jose';
 
 import { SettingError } from '../settings.ts';
 import type { Database } from '../storage/database.ts';
+import { reencryptSharedSecrets } from '../storage/shared-secrets.ts';
 import type { KeyEncryption } from './key-encryption.ts';
 
 /** Every change to the schedule holds this transaction-level advisory lock. */
@@ -287,10 +288,10 @@ async function retire(trx: Database, times: ScheduleTimes, kid: string, now: num
   return { kid, retiredAt: now, unpublishAt };
 }
 
-/** Re-encrypts every stored private key under the first key-encryption key. */
-export async function reencryptKeys(db: Database, encryption: KeyEncryption): Promise<{ reencrypted: string[]; kept: string[] }> {
+/** Re-encrypts every stored private key, and every shared secret, under the first key-encryption key. */
+export async function reencryptKeys(db: Database, encryption: KeyEncryption): Promise<{ reencrypted: string[]; kept: string[]; secrets: string[] }> {
   return locked(db, async (trx) => {
-    const result = { reencrypted: [] as string[], kept: [] as string[] };
+    const result = { reencrypted: [] as string[], kept: [] as string[], secrets: await reencryptSharedSecrets(trx, encryption) };
     for (const row of await rows(trx)) {
       if (!row.kek_id || !row.private_key_encrypted) continue;
       if (row.kek_id === encryption.current.id) {
