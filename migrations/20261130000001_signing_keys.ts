@@ -47,6 +47,14 @@ export async function up(knex: Knex): Promise<void> {
   for (const statement of UP) await knex.raw(statement);
 }
 
+/** Rolling back drops the only copy of the private keys: refused while there are any, unless asked for by name. */
+export const ALLOW_KEY_LOSS = 'M2M_ALLOW_KEY_LOSS';
+
 export async function down(knex: Knex): Promise<void> {
+  const result = await knex.raw('SELECT count(*)::int AS n FROM signing_keys');
+  const n = Number((result as { rows: { n: number }[] }).rows[0]!.n);
+  if (n > 0 && process.env[ALLOW_KEY_LOSS] !== 'true') {
+    throw new Error(`refusing to drop signing_keys: it holds ${n} signing key(s), the only copy of the private keys; back up the database, or set ${ALLOW_KEY_LOSS}=true to roll back anyway`);
+  }
   for (const statement of DOWN) await knex.raw(statement);
 }

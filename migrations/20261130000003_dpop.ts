@@ -7,10 +7,12 @@ const UP = [
   `,
   `    -- Secrets every server process must share, each created once by whichever process
     -- needs it first and read at start, never per request.
+    -- Encrypted (AES-256-GCM) under the key-encryption key named by kek_id, like signing_keys.
     CREATE TABLE shared_secrets (
       name text PRIMARY KEY,
-      secret text NOT NULL
-        CONSTRAINT secret_is_32_bytes_base64url CHECK (secret ~ '^[A-Za-z0-9_-]{43}$'),
+      kek_id text NOT NULL,
+      secret_encrypted text NOT NULL
+        CONSTRAINT secret_is_base64url CHECK (secret_encrypted ~ '^[A-Za-z0-9_-]+$'),
       created_at timestamptz NOT NULL DEFAULT now()
     )
   `,

@@ -62,7 +62,7 @@ async function prepareKeys(settings: Settings, database: OpenDatabase, logger: L
       logger.info({ kids: imported, files: files.files }, 'imported the signing-key files of an earlier version: the database holds them now, encrypted, and the files may be deleted');
     }
   }
-  const keys = await loadKeys(database.db, encryption);
+  const keys = await loadKeys(database.db, encryption, times);
   requireDecryptable(keys);
   if (!keys.signer) {
     const added = await addKey(database.db, encryption, times, await generateSigningKey(), 'first-start', { onlyIfNone: true });
@@ -144,7 +144,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
   const closers: (() => Promise<void>)[] = [() => database.close()];
   try {
     const encryption = keyEncryption(settings);
-    const keys = await loadKeys(database.db, encryption);
+    const keys = await loadKeys(database.db, encryption, scheduleTimes(settings));
     requireDecryptable(keys);
     if (!keys.signer?.privateKey) throw new Error('no signing key in the database: run `npm run keys -- generate`');
     const tls = await tlsMaterial(settings);
@@ -184,7 +184,9 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     closers.push(() => bruteForce.close());
     const lifecycle: Lifecycle = { draining: false, inFlight: 0 };
     // Read once: every process and instance signs and checks DPoP nonces with this one secret.
-    const dpopNonceSecret = settings.dpopNonce ? await sharedSecret(database.db, 'dpop_nonce') : undefined;
+    const dpopNonceSecret = settings.dpopNonce ? await sharedSecret(database.db, 'dpop_nonce', encryption).catch((err: unknown) => {
+      throw (err as Error).message.includes('key-encryption key') ? new SettingError(`setting KEYS_ENCRYPTION_KEY="<redacted>" is invalid: ${(err as Error).message}`) : err;
+    }) : undefined;
     const deps = {
       settings, registry, issuers, issuerKeys, replay, revocations, logger, certificates, bruteForce, metrics, lifecycle, dpopNonceSecret,
       pingDatabase: async () => {

@@ -6,7 +6,7 @@
 // settings, every "not before" is checked against the database's own times, and every wait
 // is for an outcome with a generous deadline.
 import { execFile } from 'node:child_process';
-import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { createDecipheriv, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -282,6 +282,52 @@ twoInstances('automatic rotation with two instances (PostgreSQL only)', () => {
   }, 180_000);
 });
 
+describe('automatic rotation retires every older key, however it came', () => {
+  let workspace: Workspace;
+  const servers: RunningServer[] = [];
+  afterAll(async () => {
+    for (const server of servers) await server.stop();
+    await workspace?.remove();
+  });
+
+  test('keys from the command (generate and import) are retired once a newer one signs, each once across instances', async () => {
+    // Rotation on (one day: none is due during the test); a new key signs 1 s after it is published.
+    workspace = await createWorkspace({
+      JWKS_MAX_AGE: '0', KEYS_RELOAD_SECONDS: '1', MAX_ACCESS_TOKEN_TTL: '60', ACCESS_TOKEN_TTL: '60',
+      KEYS_ENCRYPTION_KEY: newKek(), KEY_ROTATION_DAYS: '1',
+    });
+    const { client_secret: secret } = (await addClient(workspace, 'svc', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string };
+    await migrate(workspace);
+    const generate = async () => (JSON.parse((await workspace.cli('keys', ['generate', '--json'])).stdout) as { kid: string }).kid;
+    const k1 = await generate();
+    const known = await rsaKey();
+    const file = join(workspace.dir, 'k2.pem');
+    writeFileSync(file, known.pem);
+    expect((await workspace.cli('keys', ['import', file])).code).toBe(0);
+    const k3 = await generate();
+
+    servers.push(await startServer(workspace));
+    if (ON_POSTGRES) {
+      const port = await freePort();
+      servers.push(await startServer(workspace, { PORT: String(port), ISSUER: `https://localhost:${port}` }));
+    }
+    const retiredLines = () => servers.flatMap((s) => s.output().split('\n').filter((l) => l.includes('automatic rotation: retired')));
+    await eventually(async () => retiredLines().length >= 2, 30_000, 'the two older keys retired');
+    for (const server of servers) {
+      await eventually(async () => (await token(server, secret)).kid === k3, 30_000, `${k3} signing`);
+      // Retired, they stay published for the tokens they signed.
+      expect(new Set(await publishedKids(server))).toEqual(new Set([k1, known.kid, k3]));
+    }
+    // The embedded database opens in one process: list once the servers have stopped.
+    for (const server of servers) await server.stop();
+    const keys = await listKeys(workspace);
+    expect(keys.map((k) => [k.kid, k.state, k.origin])).toEqual([[k1, 'retired', 'command'], [known.kid, 'retired', 'import'], [k3, 'signing', 'command']]);
+    // Each retired once, by one instance: no rotation made a key.
+    expect(retiredLines()).toHaveLength(2);
+    expect(servers.some((s) => s.output().includes('generated the successor'))).toBe(false);
+  }, 120_000);
+});
+
 describe('key storage and the key-encryption key', () => {
   let workspace: Workspace | undefined;
   afterEach(async () => {
@@ -313,6 +359,52 @@ describe('key storage and the key-encryption key', () => {
     expect(dump).not.toMatch(/"d":/);
   });
 
+  test('the DPoP nonce secret is stored encrypted under the key-encryption key, never in clear', async () => {
+    const kek = newKek();
+    workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: kek, DPOP_NONCE: 'true' });
+    const server = await startServer(workspace);
+    await server.stop();
+    const dump = JSON.parse(await dumpDatabase(workspace)) as { shared_secrets: { name: string; kek_id: string; secret_encrypted: string }[] };
+    const row = dump.shared_secrets.find((r) => r.name === 'dpop_nonce')!;
+    expect(row).toBeDefined();
+    expect(Object.keys(row)).not.toContain('secret');
+    // The control: it opens with the key-encryption key (AES-256-GCM: IV, tag, ciphertext), and only bound to its name.
+    const raw = Buffer.from(row.secret_encrypted, 'base64url');
+    const open = (aad: string) => {
+      const decipher = createDecipheriv('aes-256-gcm', Buffer.from(kek, 'base64url'), raw.subarray(0, 12));
+      decipher.setAAD(Buffer.from(aad));
+      decipher.setAuthTag(raw.subarray(12, 28));
+      return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]);
+    };
+    const secret = open('m2m-shared-secret:dpop_nonce');
+    expect(secret).toHaveLength(32);
+    expect(() => open('m2m-signing-key:dpop_nonce')).toThrow();
+    const text = JSON.stringify(dump);
+    for (const form of [secret.toString('base64url'), secret.toString('base64'), secret.toString('hex')]) expect(text).not.toContain(form);
+    // Started again, it reads the same secret: nonces keep working across restarts and instances.
+    const again = await startServer(workspace);
+    await again.stop();
+    expect((JSON.parse(await dumpDatabase(workspace)) as typeof dump).shared_secrets).toEqual(dump.shared_secrets);
+  });
+
+  test('rolling back the migration that holds the keys is refused while it has any, unless M2M_ALLOW_KEY_LOSS=true', async () => {
+    workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: newKek() });
+    await migrate(workspace);
+    expect((await workspace.cli('keys', ['generate'])).code).toBe(0);
+    const refused = await workspace.cli('migrate', ['rollback']);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr.trimEnd().split('\n')).toHaveLength(1);
+    expect(refused.stderr).toMatch(/^error: refusing to roll back: signing_keys holds 1 signing key\(s\), the only copy of the private keys; .*M2M_ALLOW_KEY_LOSS=true/);
+    // Nothing was rolled back, not even the migrations of the batch after it.
+    expect((await workspace.cli('migrate', ['latest'])).stdout).toMatch(/already up to date/);
+    expect(await listKeys(workspace)).toHaveLength(1);
+    // Asked for by name: the batch rolls back, the keys with it.
+    const allowed = await workspace.cli('migrate', ['rollback'], { M2M_ALLOW_KEY_LOSS: 'true' });
+    expect(allowed).toMatchObject({ code: 0, stderr: '' });
+    expect(allowed.stdout).toMatch(/signing_keys/);
+    expectOneLineRefusal(await workspace.cli('keys', ['list']), /no signing_keys table/);
+  });
+
   test('a wrong or missing key-encryption key stops the start with one line naming the setting', async () => {
     const right = newKek();
     workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: right });
@@ -336,10 +428,12 @@ describe('key storage and the key-encryption key', () => {
 
   test('rotating the key-encryption key: a new one in front, reencrypt, then the old one can go', async () => {
     const [oldKek, newOne] = [newKek(), newKek()];
-    workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: oldKek });
+    workspace = await createWorkspace({ KEYS_ENCRYPTION_KEY: oldKek, DPOP_NONCE: 'true' });
     await migrate(workspace);
     expect((await workspace.cli('keys', ['generate'])).code).toBe(0);
     const before = await listKeys(workspace);
+    // A server makes the DPoP nonce secret under the old key-encryption key: it moves too.
+    await (await startServer(workspace)).stop();
     // Both in the list: the first encrypts (new keys), every one decrypts.
     const both = { KEYS_ENCRYPTION_KEY: `${newOne},${oldKek}` };
     expect((await workspace.cli('keys', ['generate'], both)).code).toBe(0);
@@ -349,7 +443,7 @@ describe('key storage and the key-encryption key', () => {
     expectOneLineRefusal(await workspace.cli('keys', ['reencrypt'], { KEYS_ENCRYPTION_KEY: newOne }), /^error: key \S+ is encrypted under key-encryption key \S+, which is not in KEYS_ENCRYPTION_KEY.*nothing was changed/);
     const reencrypted = await workspace.cli('keys', ['reencrypt', '--json'], both);
     expect(reencrypted).toMatchObject({ code: 0, stderr: '' });
-    expect(JSON.parse(reencrypted.stdout).reencrypted).toEqual([before[0]!.kid]);
+    expect(JSON.parse(reencrypted.stdout)).toMatchObject({ reencrypted: [before[0]!.kid], secrets: ['dpop_nonce'] });
     const after = await listKeys(workspace, { KEYS_ENCRYPTION_KEY: newOne });
     expect(new Set(after.map((k) => k.kek_id))).toEqual(new Set([mixed.find((k) => k.kid !== before[0]!.kid)!.kek_id]));
     // The server starts with the new key-encryption key alone.
@@ -367,6 +461,60 @@ describe('key storage and the key-encryption key', () => {
     expect(await publishedKids(server)).toEqual([keys[0]!.kid]);
     await server.stop();
   });
+});
+
+describe('servers apply their own delays, whatever the keys command assumed', () => {
+  let workspace: Workspace;
+  const servers: RunningServer[] = [];
+  afterAll(async () => {
+    for (const server of servers) await server.stop();
+    await workspace?.remove();
+  });
+
+  test('a key the command scheduled with shorter delays neither signs nor leaves /jwks before the servers\' own delays', async () => {
+    // The servers: /jwks cached for an hour, tokens living an hour. The command runs with
+    // its own, much shorter settings (as it would with none at all: the defaults are 300/30/3600).
+    const serverTimes = { JWKS_MAX_AGE: '3600', MAX_ACCESS_TOKEN_TTL: '3600', KEYS_RELOAD_SECONDS: '1', KEY_ROTATION_DAYS: '0' };
+    const command = { JWKS_MAX_AGE: '0', MAX_ACCESS_TOKEN_TTL: '1', ACCESS_TOKEN_TTL: '1', KEYS_RELOAD_SECONDS: '1' };
+    workspace = await createWorkspace({ ...serverTimes, KEYS_ENCRYPTION_KEY: newKek() });
+    const { client_secret: secret } = (await addClient(workspace, 'svc', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string };
+    await migrate(workspace);
+    const kid = async (args: string[]) => {
+      const result = await workspace.cli('keys', [...args, '--json'], command);
+      expect(result).toMatchObject({ code: 0, stderr: '' });
+      return (JSON.parse(result.stdout) as { kid: string }).kid;
+    };
+    const k1 = await kid(['generate']);
+    const k2 = await kid(['generate']);
+    const k3 = await kid(['generate']);
+    await kid(['retire', k3]);
+    // By the stored times (the command's), K2 signs and K3 has left /jwks: `keys list` shows them as stored.
+    await eventually(async () => {
+      const states = new Map((await listKeys(workspace, command)).map((k) => [k.kid, k.state]));
+      return states.get(k2) === 'signing' && states.get(k3) === 'expired';
+    }, 30_000, 'the stored times passed');
+
+    servers.push(await startServer(workspace));
+    if (ON_POSTGRES) {
+      const port = await freePort();
+      servers.push(await startServer(workspace, { PORT: String(port), ISSUER: `https://localhost:${port}` }));
+    }
+    for (const server of servers) {
+      // K2 is published (its hour of caching has begun), but the old key keeps signing; the
+      // retired K3 stays published for the servers' token lifetime.
+      expect(await publishedKids(server)).toEqual([k1, k2, k3]);
+      for (let i = 0; i < 3; i += 1) expect((await token(server, secret)).kid).toBe(k1);
+    }
+    if (ON_POSTGRES) {
+      // Running servers too: a change read after the stored times leaves the signer as it was.
+      const k4 = await kid(['generate']);
+      await eventually(async () => (await Promise.all(servers.map(publishedKids))).every((kids) => kids.includes(k4)), 30_000, `${k4} in every /jwks`);
+      for (const server of servers) {
+        expect(await publishedKids(server)).toEqual([k1, k2, k3, k4]);
+        expect((await token(server, secret)).kid).toBe(k1);
+      }
+    }
+  }, 120_000);
 });
 
 describe('the keys command', () => {
@@ -474,7 +622,8 @@ describe('upgrade from key files', () => {
 
   test('of key files that had all been there long enough, the newest, which signed, keeps signing', async () => {
     // A delay of one second: after three, both files had become ready under the earlier version's rule.
-    workspace = await createWorkspace({ JWKS_MAX_AGE: '0', KEYS_RELOAD_SECONDS: '1', KEYS_ENCRYPTION_KEY: newKek() });
+    // Rotation off: with it on, the older key would be retired once the newer one signs.
+    workspace = await createWorkspace({ JWKS_MAX_AGE: '0', KEYS_RELOAD_SECONDS: '1', KEYS_ENCRYPTION_KEY: newKek(), KEY_ROTATION_DAYS: '0' });
     const { client_secret: secret } = (await addClient(workspace, 'svc', ['--auth', 'client_secret_basic', '--audience', API])) as { client_secret: string };
     const [older, newer] = [await rsaKey(), await rsaKey()];
     writeFileSync(join(workspace.keysDir, `sig-${older.kid}.pem`), older.pem, { mode: 0o600 });

@@ -112,7 +112,7 @@ program.command('reencrypt')
     const done = await withDatabase(({ db }) => reencryptKeys(db, encryption).catch((err: unknown) => {
       throw new InputError(`${(err as Error).message}; nothing was changed`);
     }));
-    say(options.json, { kek_id: encryption.current.id, reencrypted: done.reencrypted, already: done.kept }, [
+    say(options.json, { kek_id: encryption.current.id, reencrypted: done.reencrypted, already: done.kept, secrets: done.secrets }, [
       `Re-encrypted ${done.reencrypted.length} key(s) under key-encryption key ${encryption.current.id}; ${done.kept.length} already were.`,
       ...(encryption.keks.length > 1 ? ['Every key now decrypts with the first key-encryption key alone: the others can be removed from KEYS_ENCRYPTION_KEY.'] : []),
     ]);

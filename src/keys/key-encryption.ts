@@ -32,22 +32,23 @@ export class KeyEncryption {
     return this.keks[0]!;
   }
 
-  encrypt(kid: string, plaintext: Buffer): { kekId: string; ciphertext: string } {
+  /** `purpose` binds the ciphertext to its use: a signing key's never opens as a shared secret, nor the reverse. */
+  encrypt(kid: string, plaintext: Buffer, purpose = SIGNING_KEY): { kekId: string; ciphertext: string } {
     const iv = randomBytes(IV_BYTES);
     const cipher = createCipheriv('aes-256-gcm', this.current.key, iv);
-    cipher.setAAD(aad(kid));
+    cipher.setAAD(aad(purpose, kid));
     const body = Buffer.concat([cipher.update(plaintext), cipher.final()]);
     return { kekId: this.current.id, ciphertext: Buffer.concat([iv, cipher.getAuthTag(), body]).toString('base64url') };
   }
 
   /** Throws a message fit for an operator when no KEK of the list opens it. */
-  decrypt(kid: string, id: string, ciphertext: string): Buffer {
+  decrypt(kid: string, id: string, ciphertext: string, purpose = SIGNING_KEY): Buffer {
     const kek = this.keks.find((k) => k.id === id);
     if (!kek) throw new Error(`key ${kid} is encrypted under key-encryption key ${id}, which is not in KEYS_ENCRYPTION_KEY (it has ${this.keks.map((k) => k.id).join(', ')})`);
     const raw = Buffer.from(ciphertext, 'base64url');
     try {
       const decipher = createDecipheriv('aes-256-gcm', kek.key, raw.subarray(0, IV_BYTES));
-      decipher.setAAD(aad(kid));
+      decipher.setAAD(aad(purpose, kid));
       decipher.setAuthTag(raw.subarray(IV_BYTES, IV_BYTES + TAG_BYTES));
       return Buffer.concat([decipher.update(raw.subarray(IV_BYTES + TAG_BYTES)), decipher.final()]);
     } catch {
@@ -56,8 +57,10 @@ export class KeyEncryption {
   }
 }
 
-function aad(kid: string): Buffer {
-  return Buffer.from(`m2m-signing-key:${kid}`);
+const SIGNING_KEY = 'm2m-signing-key';
+
+function aad(purpose: string, kid: string): Buffer {
+  return Buffer.from(`${purpose}:${kid}`);
 }
 
 /** Names a KEK without revealing it (it is 32 random bytes: its hash gives nothing away). */

@@ -35,17 +35,17 @@ export function reloadKeys(options: KeyReloaderOptions): KeyReloader {
   let again = false;
 
   const once = async (reason: string) => {
-    let next = await loadKeys(db, encryption);
+    let next = await loadKeys(db, encryption, times);
     const rotated = await rotate(db, encryption, times, rotationSeconds, next);
     if (rotated.generated) {
       logger.info({ kid: rotated.generated, replaces: rotated.replaces }, 'automatic rotation: generated the successor of the signing key');
       options.onRotation?.('generated');
     }
-    if (rotated.retired) {
-      logger.info({ kid: rotated.retired }, 'automatic rotation: retired the replaced key, its successor signs');
+    for (const kid of rotated.retired) {
+      logger.info({ kid, signer: next.signer?.kid }, 'automatic rotation: retired an older key, a newer one signs');
       options.onRotation?.('retired');
     }
-    if (rotated.generated || rotated.retired) next = await loadKeys(db, encryption);
+    if (rotated.generated || rotated.retired.length) next = await loadKeys(db, encryption, times);
     for (const problem of next.problems) logger.error({ problem }, 'a signing key does not decrypt with KEYS_ENCRYPTION_KEY');
     if (next.fingerprint === current.fingerprint) return;
     // Never sign with something other than the schedule's signer: keep serving the current set.

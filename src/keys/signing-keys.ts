@@ -13,6 +13,7 @@ import { calculateJwkThumbprint, type JWK } from 'jose';
 
 import { SettingError } from '../settings.ts';
 import type { Database } from '../storage/database.ts';
+import { reencryptSharedSecrets } from '../storage/shared-secrets.ts';
 import type { KeyEncryption } from './key-encryption.ts';
 
 /** Every change to the schedule holds this transaction-level advisory lock. */
@@ -26,6 +27,10 @@ export interface ScheduleTimes {
   /** Longest token lifetime (MAX_ACCESS_TOKEN_TTL). */
   maxTokenTtl: number;
 }
+
+const signingDelay = (times: ScheduleTimes) => times.jwksMaxAge + times.reloadSeconds;
+/** One interval for the slowest instance to stop signing with it, one more for clocks that differ between hosts. */
+const unpublishDelay = (times: ScheduleTimes) => 2 * times.reloadSeconds + times.maxTokenTtl;
 
 export type KeyState = 'signing' | 'published' | 'pending' | 'retired' | 'expired';
 
@@ -123,8 +128,25 @@ function toKey(row: Row, encryption: KeyEncryption | undefined, problems: string
   return key;
 }
 
-/** Which key signs and which are published at `now`: the rules of the schedule, nothing else. */
-export function scheduleOf(all: SigningKey[], now: number, problems: string[] = []): KeySet {
+/**
+ * A key as a server with `times` applies it. The stored times come from whoever added or
+ * retired the key (the `keys` command with its own settings, maybe the defaults); a server
+ * whose /jwks is cached longer, or whose tokens live longer, never signs sooner or
+ * unpublishes sooner than its own settings allow. A key stored to sign at once (the first
+ * of an empty database, a former signer imported from files) still does.
+ */
+function withOwnDelays(key: SigningKey, times: ScheduleTimes): SigningKey {
+  const signsFrom = key.signsFrom <= key.publishedAt ? key.signsFrom : Math.max(key.signsFrom, key.publishedAt + signingDelay(times));
+  if (key.retiredAt === undefined) return { ...key, signsFrom };
+  return { ...key, signsFrom, unpublishAt: Math.max(key.unpublishAt!, key.retiredAt + unpublishDelay(times)) };
+}
+
+/**
+ * Which key signs and which are published at `now`: the rules of the schedule, nothing else.
+ * With `times` (a server's), as that server applies them; without, the stored times.
+ */
+export function scheduleOf(stored: SigningKey[], now: number, problems: string[] = [], times?: ScheduleTimes): KeySet {
+  const all = times ? stored.map((k) => withOwnDelays(k, times)) : stored;
   const sorted = [...all].sort((a, b) => a.publishedAt - b.publishedAt || a.order - b.order);
   const active = sorted.filter((k) => k.retiredAt === undefined);
   const ready = active.filter((k) => k.signsFrom <= now);
@@ -145,11 +167,12 @@ export function stateOf(key: SigningKey, set: KeySet, at = set.now): KeyState {
 /**
  * The keys as of the database's clock now. With `encryption`, active keys' private parts
  * are decrypted (a failure is listed in `problems`); without, only the schedule is read.
+ * With `times`, scheduled as a server with those settings serves them; without, as stored.
  */
-export async function loadKeys(db: Database, encryption?: KeyEncryption): Promise<KeySet> {
+export async function loadKeys(db: Database, encryption?: KeyEncryption, times?: ScheduleTimes): Promise<KeySet> {
   const now = await clock(db);
   const problems: string[] = [];
-  return scheduleOf((await rows(db)).map((row) => toKey(row, encryption, problems)), now, problems);
+  return scheduleOf((await rows(db)).map((row) => toKey(row, encryption, problems)), now, problems, times);
 }
 
 /** At start, a key that does not decrypt is a wrong or missing KEYS_ENCRYPTION_KEY: never run without it. */
@@ -202,10 +225,6 @@ async function insert(trx: Database, encryption: KeyEncryption, key: Insert): Pr
   );
   return { kid, inserted: (result as { rows: unknown[] }).rows.length === 1 };
 }
-
-const signingDelay = (times: ScheduleTimes) => times.jwksMaxAge + times.reloadSeconds;
-/** One interval for the slowest instance to stop signing with it, one more for clocks that differ between hosts. */
-const unpublishDelay = (times: ScheduleTimes) => 2 * times.reloadSeconds + times.maxTokenTtl;
 
 async function activeKids(trx: Database): Promise<number> {
   const result = await trx.raw('SELECT count(*)::int AS n FROM signing_keys WHERE retired_at IS NULL');
@@ -269,10 +288,10 @@ async function retire(trx: Database, times: ScheduleTimes, kid: string, now: num
   return { kid, retiredAt: now, unpublishAt };
 }
 
-/** Re-encrypts every stored private key under the first key-encryption key. */
-export async function reencryptKeys(db: Database, encryption: KeyEncryption): Promise<{ reencrypted: string[]; kept: string[] }> {
+/** Re-encrypts every stored private key, and every shared secret, under the first key-encryption key. */
+export async function reencryptKeys(db: Database, encryption: KeyEncryption): Promise<{ reencrypted: string[]; kept: string[]; secrets: string[] }> {
   return locked(db, async (trx) => {
-    const result = { reencrypted: [] as string[], kept: [] as string[] };
+    const result = { reencrypted: [] as string[], kept: [] as string[], secrets: await reencryptSharedSecrets(trx, encryption) };
     for (const row of await rows(trx)) {
       if (!row.kek_id || !row.private_key_encrypted) continue;
       if (row.kek_id === encryption.current.id) {
@@ -326,36 +345,39 @@ export async function importLegacyKeys(db: Database, encryption: KeyEncryption, 
 export interface RotationDue {
   /** Generate a successor to the signer. */
   generate: boolean;
-  /** Retire this key: its successor signs. */
-  retire?: string;
+  /** Retire these keys: a newer key signs. */
+  retire: string[];
 }
 
 /**
  * Automatic rotation: a successor when the signer is `rotationSeconds` old and none is on
- * its way; the key it replaced retired once the successor signs.
+ * its way; once a key signs by its own schedule, every active key older than it is retired,
+ * however it came (rotation, command, import, first start, files), so none stays forever.
  */
 export function rotationDue(set: KeySet, rotationSeconds: number): RotationDue {
   const signer = set.signer;
-  if (!rotationSeconds || !signer) return { generate: false };
-  const replaced = signer.replaces ? set.all.find((k) => k.kid === signer.replaces && k.retiredAt === undefined) : undefined;
-  const newer = set.all.some((k) => k.retiredAt === undefined && k !== signer && (k.publishedAt > signer.publishedAt || (k.publishedAt === signer.publishedAt && k.order > signer.order)));
+  if (!rotationSeconds || !signer) return { generate: false, retire: [] };
+  const isNewer = (k: SigningKey) => k.publishedAt > signer.publishedAt || (k.publishedAt === signer.publishedAt && k.order > signer.order);
+  const active = set.all.filter((k) => k.retiredAt === undefined && k !== signer);
+  // A signer only for want of a ready key (with none ready, the oldest signs) retires nothing.
+  const ready = signer.signsFrom <= set.now;
   return {
-    generate: set.now - signer.publishedAt >= rotationSeconds && !newer,
-    ...(replaced ? { retire: replaced.kid } : {}),
+    generate: set.now - signer.publishedAt >= rotationSeconds && !active.some(isNewer),
+    retire: ready ? active.filter((k) => !isNewer(k)).map((k) => k.kid) : [],
   };
 }
 
 /** Does what `rotationDue` asks, if it is still due under the lock: however many servers ask, once. */
-export async function rotate(db: Database, encryption: KeyEncryption, times: ScheduleTimes, rotationSeconds: number, seen: KeySet): Promise<{ generated?: string; retired?: string; replaces?: string }> {
+export async function rotate(db: Database, encryption: KeyEncryption, times: ScheduleTimes, rotationSeconds: number, seen: KeySet): Promise<{ generated?: string; retired: string[]; replaces?: string }> {
   const due = rotationDue(seen, rotationSeconds);
-  if (!due.generate && !due.retire) return {};
+  if (!due.generate && !due.retire.length) return { retired: [] };
   // Made before taking the lock, so that the lock is held for milliseconds; a loser's key is dropped.
   const privateKey = due.generate ? await generateSigningKey() : undefined;
   return locked(db, async (trx, now) => {
-    const set = scheduleOf((await rows(trx)).map((row) => toKey(row, undefined, [])), now);
+    const set = scheduleOf((await rows(trx)).map((row) => toKey(row, undefined, [])), now, [], times);
     const still = rotationDue(set, rotationSeconds);
-    const done: { generated?: string; retired?: string; replaces?: string } = {};
-    if (still.retire) done.retired = (await retire(trx, times, still.retire, now)).kid;
+    const done: { generated?: string; retired: string[]; replaces?: string } = { retired: [] };
+    for (const kid of still.retire) done.retired.push((await retire(trx, times, kid, now)).kid);
     if (still.generate && privateKey && set.signer) {
       const { kid } = await insert(trx, encryption, { privateKey, origin: 'rotation', publishedAt: now, signsFrom: now + signingDelay(times), replaces: set.signer.kid });
       done.generated = kid;
