@@ -14,6 +14,7 @@ import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jos
 import type { IssuerRecord } from '../clients/issuers.ts';
 import type { Logger } from '../log.ts';
 import { publicJsonFetch, type JsonFetch } from '../net/public-fetch.ts';
+import { RemoteValue } from '../net/remote-value.ts';
 import { CACHE_SECONDS, REFETCH_COOLDOWN_SECONDS, signatureKeys } from './jwks-uri.ts';
 
 export const MIN_CACHE_SECONDS = 30;
@@ -41,53 +42,16 @@ function refreshHint(body: unknown): number | undefined {
   return typeof hint === 'number' && hint > 0 ? hint : undefined;
 }
 
-class IssuerKeySet {
-  resolver: JWTVerifyGetKey | undefined;
-  #fetchedAt = -Infinity;
-  #attemptedAt = -Infinity;
-  #cacheMs = CACHE_SECONDS * 1000;
-  #failure: Error | undefined;
-  #pending: Promise<void> | undefined;
-
-  readonly #load: () => Promise<{ keys: Jwk[]; hint?: number | undefined }>;
-  readonly #onFailure: (err: Error) => void;
-
-  constructor(load: () => Promise<{ keys: Jwk[]; hint?: number | undefined }>, onFailure: (err: Error) => void) {
-    this.#load = load;
-    this.#onFailure = onFailure;
-  }
-
-  get expired(): boolean {
-    return Date.now() - this.#fetchedAt > this.#cacheMs;
-  }
-
-  get usable(): boolean {
-    return this.resolver !== undefined && Date.now() - this.#fetchedAt < MAX_STALE_SECONDS * 1000;
-  }
-
-  /** Fetches unless a fetch is under way (joined) or began within the cooldown. */
-  refresh(): Promise<void> {
-    if (this.#pending) return this.#pending;
-    if (Date.now() - this.#attemptedAt < REFETCH_COOLDOWN_SECONDS * 1000) {
-      return this.#failure ? Promise.reject(this.#failure) : Promise.resolve();
-    }
-    this.#attemptedAt = Date.now();
-    this.#pending = this.#load()
-      .then(({ keys, hint }) => {
-        this.resolver = createLocalJWKSet({ keys } as JSONWebKeySet);
-        this.#fetchedAt = Date.now();
-        this.#cacheMs = Math.max(MIN_CACHE_SECONDS, Math.min(CACHE_SECONDS, hint ?? CACHE_SECONDS)) * 1000;
-        this.#failure = undefined;
-      })
-      .catch((err: unknown) => {
-        this.#failure = err instanceof Error ? err : new Error(String(err));
-        this.#onFailure(this.#failure);
-        throw this.#failure;
-      })
-      .finally(() => { this.#pending = undefined; });
-    return this.#pending;
-  }
+/** An issuer's keys as last fetched, and how long they count as current. */
+interface FetchedKeys {
+  resolver: JWTVerifyGetKey;
+  cacheMs: number;
 }
+type IssuerKeySet = RemoteValue<FetchedKeys>;
+
+const expired = (set: IssuerKeySet) => set.ageMs > (set.value?.cacheMs ?? 0);
+// A failed refresh keeps the keys fetched before, for as long as MAX_STALE_SECONDS allows.
+const usable = (set: IssuerKeySet) => set.value !== undefined && set.ageMs < MAX_STALE_SECONDS * 1000;
 
 export interface IssuerKeysOptions {
   /** JWKS_URI_CA: extra CAs trusted for issuers' https endpoints. */
@@ -114,21 +78,20 @@ export class IssuerKeys {
   /** Verification keys for the issuer's tokens, fetched when stale. */
   async keys(issuer: IssuerRecord): Promise<JWTVerifyGetKey> {
     const set = this.#setFor(issuer);
-    if (set.expired) {
-      // A failed refresh keeps the keys fetched before, for as long as MAX_STALE_SECONDS allows.
+    if (expired(set)) {
       await set.refresh().catch((err: unknown) => {
-        if (!set.usable) throw new IssuerKeysUnavailable(`keys of issuer ${issuer.name} are unavailable: ${(err as Error).message}`);
+        if (!usable(set)) throw new IssuerKeysUnavailable(`keys of issuer ${issuer.name} are unavailable: ${(err as Error).message}`);
       });
     }
-    if (!set.resolver) throw new IssuerKeysUnavailable(`keys of issuer ${issuer.name} are unavailable`);
-    return set.resolver;
+    if (!set.value) throw new IssuerKeysUnavailable(`keys of issuer ${issuer.name} are unavailable`);
+    return set.value.resolver;
   }
 
   /** After an unknown kid: the keys again, refetched unless one was fetched within the cooldown. */
   async refetched(issuer: IssuerRecord): Promise<JWTVerifyGetKey | undefined> {
     const set = this.#setFor(issuer);
     await set.refresh().catch(() => {});
-    return set.usable ? set.resolver : undefined;
+    return usable(set) ? set.value!.resolver : undefined;
   }
 
   #setFor(issuer: IssuerRecord): IssuerKeySet {
@@ -139,7 +102,7 @@ export class IssuerKeys {
     const key = `${issuer.name}\u0000${issuer.allowPrivate}\u0000${source}`;
     let set = this.#sets.get(key);
     if (!set) {
-      set = new IssuerKeySet(() => this.#load(issuer), (err) => this.#logger?.warn({ issuer: issuer.name, source: source.startsWith('static:') ? 'static' : source, err: err.message }, 'fetching an issuer\'s keys failed'));
+      set = new RemoteValue(() => this.#load(issuer), (err) => this.#logger?.warn({ issuer: issuer.name, source: source.startsWith('static:') ? 'static' : source, err: err.message }, 'fetching an issuer\'s keys failed'), REFETCH_COOLDOWN_SECONDS);
       if (this.#sets.size > 1000) this.#sets.clear();
       this.#sets.set(key, set);
     }
@@ -147,8 +110,12 @@ export class IssuerKeys {
     return set;
   }
 
-  async #load(issuer: IssuerRecord): Promise<{ keys: Jwk[]; hint?: number | undefined }> {
-    if (issuer.jwks) return { keys: issuerSigningKeys(issuer.jwks, issuer.kind), hint: MAX_STALE_SECONDS };
+  async #load(issuer: IssuerRecord): Promise<FetchedKeys> {
+    const fetched = (keys: Jwk[], hint: number | undefined): FetchedKeys => ({
+      resolver: createLocalJWKSet({ keys } as JSONWebKeySet),
+      cacheMs: Math.max(MIN_CACHE_SECONDS, Math.min(CACHE_SECONDS, hint ?? CACHE_SECONDS)) * 1000,
+    });
+    if (issuer.jwks) return fetched(issuerSigningKeys(issuer.jwks, issuer.kind), MAX_STALE_SECONDS);
     const fetch = this.#fetchers[issuer.allowPrivate ? 'private' : 'public'];
     let uri = issuer.jwksUri;
     if (!uri) {
@@ -160,6 +127,6 @@ export class IssuerKeys {
     }
     const body = await fetch(uri);
     const skipped = (kid: unknown, reason: string) => this.#logger?.warn({ issuer: issuer.name, kid, reason }, 'an issuer key was ignored');
-    return { keys: issuerSigningKeys(body, issuer.kind, skipped), hint: refreshHint(body) };
+    return fetched(issuerSigningKeys(body, issuer.kind, skipped), refreshHint(body));
   }
 }

@@ -13,7 +13,8 @@ import type Provider from 'oidc-provider';
 
 import { keyRefusal } from '../clients/key-policy.ts';
 import type { Logger } from '../log.ts';
-import { publicJsonFetch, type JsonFetch } from '../net/public-fetch.ts';
+import { publicJsonFetch } from '../net/public-fetch.ts';
+import { RemoteValue } from '../net/remote-value.ts';
 
 export const CACHE_SECONDS = 300;
 export const REFETCH_COOLDOWN_SECONDS = 5;
@@ -54,64 +55,10 @@ export function signatureKeys(body: unknown, skipped: (kid: unknown, reason: str
   });
 }
 
-class RemoteSet {
-  keys: Jwk[] = [];
-  #fetchedAt = -Infinity;
-  #attemptedAt = -Infinity;
-  #failure: Error | undefined;
-  #pending: Promise<void> | undefined;
-
-  readonly #uri: string;
-  readonly #fetch: JsonFetch;
-  readonly #onFailure: (err: Error) => void;
-  readonly #onSkipped: (kid: unknown, reason: string) => void;
-
-  constructor(uri: string, fetch: JsonFetch, onFailure: (err: Error) => void, onSkipped: (kid: unknown, reason: string) => void) {
-    this.#uri = uri;
-    this.#fetch = fetch;
-    this.#onFailure = onFailure;
-    this.#onSkipped = onSkipped;
-  }
-
-  get expired(): boolean {
-    return Date.now() - this.#fetchedAt > CACHE_SECONDS * 1000;
-  }
-
-  /** A fetch began within the cooldown and did not fail: the keys are as new as they may get. */
-  get fresh(): boolean {
-    return !this.#failure && Date.now() - this.#attemptedAt < REFETCH_COOLDOWN_SECONDS * 1000;
-  }
-
-  /**
-   * Fetches the set, unless a fetch is under way (joined) or one began within the cooldown
-   * (then it settles as that one did, so the last failure is what a refused client is told).
-   */
-  load(): Promise<void> {
-    if (this.#pending) return this.#pending;
-    if (Date.now() - this.#attemptedAt < REFETCH_COOLDOWN_SECONDS * 1000) {
-      return this.#failure ? Promise.reject(this.#failure) : Promise.resolve();
-    }
-    this.#attemptedAt = Date.now();
-    this.#pending = this.#fetch(this.#uri)
-      .then((body) => {
-        this.keys = signatureKeys(body, this.#onSkipped);
-        this.#fetchedAt = Date.now();
-        this.#failure = undefined;
-      })
-      .catch((err: unknown) => {
-        this.#failure = err instanceof Error ? err : new Error(String(err));
-        this.#onFailure(this.#failure);
-        throw this.#failure;
-      })
-      .finally(() => { this.#pending = undefined; });
-    return this.#pending;
-  }
-}
-
 /** Serves jwks_uri clients' keys from this module's cache instead of the engine's fetching. */
 export function useRemoteJwks(provider: Provider, options: JwksUriOptions, logger?: Logger): void {
   const fetch = publicJsonFetch({ ...options, what: 'jwks_uri', privateHint: 'JWKS_URI_ALLOW_PRIVATE is false' });
-  const sets = new Map<string, RemoteSet>();
+  const sets = new Map<string, RemoteValue<Jwk[]>>();
   const find = provider.Client.find.bind(provider.Client);
   provider.Client.find = async (id: string) => {
     const client = await find(id);
@@ -119,26 +66,27 @@ export function useRemoteJwks(provider: Provider, options: JwksUriOptions, logge
     if (!client || !uri) return client;
     let set = sets.get(uri);
     if (!set) {
-      set = new RemoteSet(uri, fetch,
+      const skipped = (kid: unknown, reason: string) => logger?.warn({ client_id: id, jwks_uri: uri, kid, reason }, 'ignored a key served at a client\'s jwks_uri');
+      set = new RemoteValue(async () => signatureKeys(await fetch(uri), skipped),
         (err) => logger?.warn({ client_id: id, jwks_uri: uri, err: err.message }, 'fetching a client\'s jwks_uri failed'),
-        (kid, reason) => logger?.warn({ client_id: id, jwks_uri: uri, kid, reason }, 'ignored a key served at a client\'s jwks_uri'));
+        REFETCH_COOLDOWN_SECONDS);
       sets.set(uri, set);
     }
     // A failed refetch keeps the keys fetched before (the client's server being briefly
     // unreachable is no reason to refuse it); without them, verification fails and says why.
-    if (set.expired) await set.load().catch(() => {});
+    if (set.ageMs > CACHE_SECONDS * 1000) await set.refresh().catch(() => {});
     const store = (client as unknown as { asymmetricKeyStore: EngineKeyStore }).asymmetricKeyStore;
     const remote = set;
     const fill = () => {
       store.clear();
-      for (const key of remote.keys) store.add(key);
+      for (const key of remote.value ?? []) store.add(key);
     };
     fill();
     // After a failed verification the engine asks fresh() and, when false, calls refresh()
     // and verifies once more: that is the refetch on an unknown kid.
     store.fresh = () => remote.fresh;
     store.refresh = async () => {
-      await remote.load();
+      await remote.refresh();
       fill();
     };
     return client;
