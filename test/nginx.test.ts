@@ -1,13 +1,17 @@
 // The README's nginx configuration, as printed there, in front of the server in proxy
 // mode. The block is taken out of README.md and only its ports, file paths and upstream
 // are replaced, so what operators copy is what is tested. Clients are curl and openssl,
-// each from its own loopback address (127.0.0.x), as different hosts would be.
+// each from its own loopback address (127.0.0.x), as different hosts would be, and the Go
+// client of test/clients/go (crypto/tls sends its certificate only when no CA is named).
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, X509Certificate } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 
+import { Agent } from 'undici';
+
+import { buildGoClient, expectVerified, goToken, missingGo, selfSigned, testWith, toolchain } from './helpers/clients.ts';
 import { addClient, createWorkspace, decodeJwtPart, eventually, freePort, ROOT, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
 
 const NGINX = '/usr/sbin/nginx';
@@ -19,6 +23,7 @@ const ADDRESS_LIMIT = 20;
 // missing nginx fails.
 const nginxHere = existsSync(NGINX);
 const describeWithNginx = nginxHere || process.env.CI === 'true' ? describe : describe.skip;
+const goMissing = missingGo();
 
 let workspace: Workspace;
 let server: RunningServer;
@@ -26,6 +31,7 @@ let nginx: ChildProcess | undefined;
 let nginxPort: number;
 let prefix: string;
 let certsDir: string;
+const goCerts = {} as Record<'self' | 'rogue' | 'ca', [string, string]>;
 const secrets: Record<string, string> = {};
 
 /** The ```nginx block of README.md, with the README's indentation removed. */
@@ -146,13 +152,20 @@ describeWithNginx('the README\'s nginx in front of the server in proxy mode', ()
     certsDir = join(workspace.dir, 'client-certs');
     const issued = await workspace.cli('client', ['cert', 'svc-ng-mtls', '--out', certsDir, '--json']);
     if (issued.code !== 0) throw new Error(issued.stderr);
-    const selfSigned = await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2',
+    const selfMade = await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2',
       '-keyout', join(certsDir, 'self.key'), '-out', join(certsDir, 'self.crt'), '-subj', '/CN=svc-ng-mtls']);
-    if (selfSigned.code !== 0) throw new Error(selfSigned.stderr);
+    if (selfMade.code !== 0) throw new Error(selfMade.stderr);
     secrets.basic = (await addClient(workspace, 'svc-ng', ['--auth', 'client_secret_basic', '--audience', API])).client_secret!;
     secrets.victim = (await addClient(workspace, 'svc-ng-victim', ['--auth', 'client_secret_basic', '--audience', API])).client_secret!;
     await addClient(workspace, 'svc-ng-mtls', ['--auth', 'tls_client_auth', '--subject-dn', 'CN=svc-ng-mtls', '--audience', API, '--bound']);
     await addClient(workspace, 'svc-ng-self', ['--auth', 'self_signed_tls_client_auth', '--cert', join(certsDir, 'self.crt'), '--audience', API]);
+    goCerts.self = await selfSigned(certsDir, 'go-self');
+    goCerts.rogue = await selfSigned(certsDir, 'go-rogue');
+    const goIssued = await workspace.cli('client', ['cert', 'svc-ng-go-ca', '--out', certsDir, '--json']);
+    if (goIssued.code !== 0) throw new Error(goIssued.stderr);
+    goCerts.ca = [join(certsDir, 'svc-ng-go-ca.crt'), join(certsDir, 'svc-ng-go-ca.key')];
+    await addClient(workspace, 'svc-ng-go-self', ['--auth', 'self_signed_tls_client_auth', '--cert', goCerts.self[0], '--audience', API]);
+    await addClient(workspace, 'svc-ng-go-ca', ['--auth', 'tls_client_auth', '--subject-dn', 'CN=svc-ng-go-ca', '--audience', API, '--bound']);
     server = await startServer(workspace, {
       TLS_MODE: 'proxy',
       TRUSTED_PROXIES: '127.0.0.1',
@@ -250,5 +263,52 @@ describeWithNginx('the README\'s nginx in front of the server in proxy mode', ()
     expect(await outcome(basic('127.0.0.6', 'svc-ng', secrets.basic!))).toEqual([429, 'temporarily_unavailable']);
     expect(await outcome(basic('127.0.0.7', 'svc-ng', secrets.basic!))).toEqual([200, undefined]);
     expect(await outcome(withCert('127.0.0.7', 'svc-ng-mtls', 'svc-ng-mtls'))).toEqual([200, undefined]);
+  });
+
+  describe('Go: golang.org/x/oauth2/clientcredentials over crypto/tls, through nginx', () => {
+    const goTest = testWith(goMissing);
+    let goClient: string;
+    let jwksAgent: Agent;
+
+    beforeAll(async () => {
+      jwksAgent = new Agent({ connect: { ca: readFileSync(join(workspace.keysDir, 'dev-ca.crt'), 'utf8') } });
+      if (!goMissing) goClient = await buildGoClient(workspace.dir);
+    }, 240_000);
+
+    afterAll(async () => {
+      await jwksAgent?.close();
+    });
+
+    /** RootCAs trust the CA of nginx's certificate; the token is verified against /jwks through nginx. */
+    function goThroughNginx(clientId: string, cert: [string, string]) {
+      return goToken(goClient, { tokenUrl: `https://localhost:${nginxPort}/token`, ca: join(workspace.keysDir, 'dev-ca.crt'), clientId, cert });
+    }
+
+    async function expectGoToken(clientId: string, cert: [string, string]): Promise<Record<string, unknown>> {
+      const result = await goThroughNginx(clientId, cert);
+      expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' });
+      return expectVerified(result.stdout.trim(), { issuer: `https://localhost:${nginxPort}`, audience: API, clientId, dispatcher: jwksAgent });
+    }
+
+    goTest('self_signed_tls_client_auth with a self-signed certificate in tls.Config.Certificates', async () => {
+      toolchain(goMissing);
+      await expectGoToken('svc-ng-go-self', goCerts.self);
+    });
+
+    goTest('tls_client_auth with a certificate from TLS_CLIENT_CA: the token is bound to it', async () => {
+      toolchain(goMissing);
+      const payload = await expectGoToken('svc-ng-go-ca', goCerts.ca);
+      expect(payload.cnf).toEqual({ 'x5t#S256': thumbprint(goCerts.ca[0]) });
+    });
+
+    goTest('refused: another self-signed certificate, or a self-signed one for a tls_client_auth client', async () => {
+      toolchain(goMissing);
+      for (const [clientId, cert] of [['svc-ng-go-self', goCerts.rogue], ['svc-ng-go-ca', goCerts.self]] as const) {
+        const result = await goThroughNginx(clientId, cert);
+        expect(result.code).toBe(1);
+        expect(result.stderr).toMatch(/401/);
+        expect(result.stderr).toMatch(/invalid_client/);
+      }
+    });
   });
 });

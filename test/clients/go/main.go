@@ -2,7 +2,7 @@
 // an http.Client whose tls.Config trusts the server's CA and, for mutual TLS, holds the
 // client's certificate. It prints the access token, or the error, and exits non-zero on one.
 //
-// Built by test/clients.test.ts with Debian's packages:
+// Built by test/helpers/clients.ts (for test/clients.test.ts and test/nginx.test.ts) with Debian's packages:
 //   GO111MODULE=off GOPATH=/usr/share/gocode go build -o <dir> ./test/clients/go
 package main
 
