@@ -181,7 +181,9 @@ beforeAll(async () => {
   const { certificate, key } = JSON.parse(issued.stdout) as { certificate: string; key: string };
   boundCert = { cert: readFileSync(certificate, 'utf8'), key: readFileSync(key, 'utf8') };
 
-  server = await startServer(workspace, { JWKS_URI_CA: join(workspace.keysDir, 'dev-ca.crt') });
+  // One process, also when TEST_WORKERS asks for more: these tests count the fetches the
+  // issuer sees, and each process keeps its own cache of issuer keys.
+  server = await startServer(workspace, { JWKS_URI_CA: join(workspace.keysDir, 'dev-ca.crt'), WORKERS: '1' });
 
   issuerServer = createHttpsServer({
     cert: readFileSync(join(workspace.keysDir, 'dev-server.crt')),
