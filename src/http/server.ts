@@ -9,9 +9,9 @@ import { createServer as createHttpServer, type IncomingMessage, type ServerResp
 import { createServer as createHttpsServer } from 'node:https';
 import type { Server, Socket } from 'node:net';
 
-import ipaddr from 'ipaddr.js';
 import proxyAddr from 'proxy-addr';
 
+import { addressKey } from '../net/address-key.ts';
 import type { Settings } from '../settings.ts';
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -35,13 +35,6 @@ export function readTlsMaterial(paths: { cert: string; key: string }): TlsMateri
   return { cert: readFileSync(paths.cert, 'utf8'), key: readFileSync(paths.key, 'utf8') };
 }
 
-/** The key an address is counted under: itself, or for IPv6 its /64 (one host's usual share). */
-function addressKey(address: string | undefined): string {
-  if (!address || !ipaddr.isValid(address)) return 'unknown';
-  const parsed = ipaddr.process(address);
-  if (parsed.kind() === 'ipv4') return parsed.toString();
-  return `${(parsed as ipaddr.IPv6).parts.slice(0, 4).map((part) => part.toString(16)).join(':')}::/64`;
-}
 
 /** Closes a new connection at once when its address already holds `max`; proxies are exempt. */
 function limitConnectionsPerAddress(server: Server, max: number, exempt: (address: string) => boolean): void {

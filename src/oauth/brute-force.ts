@@ -17,9 +17,10 @@
 // correct client sending more requests at once than the limit gets them all answered.
 import { hash } from 'node:crypto';
 
-import ipaddr from 'ipaddr.js';
 import type { Knex } from 'knex';
 import { RateLimiterMemory, RateLimiterPostgres, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+
+import { addressKey } from '../net/address-key.ts';
 
 export interface BruteForceLimits {
   perClient: number;
@@ -62,14 +63,6 @@ export function settleAttempts(state: object, failed: boolean): void {
   held[ATTEMPTS] = [];
 }
 
-/** The key an address is counted under: IPv4 as it is, IPv6 by its /64. */
-export function addressKey(address: string): string {
-  if (!ipaddr.isValid(address)) return address;
-  const parsed = ipaddr.process(address);
-  if (parsed.kind() === 'ipv4') return parsed.toString();
-  const parts = (parsed as ipaddr.IPv6).parts.slice(0, 4);
-  return `${new ipaddr.IPv6([...parts, 0, 0, 0, 0]).toString()}/64`;
-}
 
 /** Where the counts live: an atomic consume, and a give-back that cannot reach another window. */
 interface CountStore {
