@@ -52,8 +52,13 @@ export function publicJsonFetch({ allowPrivate, caFile, privateHint, what = 'URL
     });
   };
   const ca = caFile === undefined ? undefined : readCa(caFile);
+  // A new connection for every fetch. A URL is fetched at most once per cooldown, so a kept
+  // connection saves little, and reusing one races the other server closing it when idle
+  // (many announce no Keep-Alive timeout, and Node's agent ignores one unless it has a
+  // timeout of its own): the fetch fails with "socket hang up", and the client or issuer is
+  // refused until the cooldown ends.
   const agent = new Agent({
-    keepAlive: true,
+    keepAlive: false,
     ...(ca ? { ca: [...rootCertificates, ca] } : {}),
     ...(allowPrivate ? {} : { lookup: publicOnlyLookup }),
   });
