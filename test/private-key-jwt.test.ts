@@ -395,8 +395,10 @@ describe('jwks_uri with JWKS_URI_ALLOW_PRIVATE=true and JWKS_URI_CA (and MAX_ASS
 
   test('a jwks_uri that does not answer in time is refused', async () => {
     const started = Date.now();
-    expect(await refused(await assertion({ ...remote, clientId: 'svc-uri-slow' }, {}, {}, privateServer.issuer), privateServer)).toMatch(/abort|time/i);
-    expect(Date.now() - started).toBeLessThan(6000);
+    // Given up at the fetch's own 3 s limit, as the reason says…
+    expect(await refused(await assertion({ ...remote, clientId: 'svc-uri-slow' }, {}, {}, privateServer.issuer), privateServer)).toMatch(/jwks_uri did not answer within 3000 ms/);
+    // …and not at some later limit (the bound is loose: a loaded machine adds seconds).
+    expect(Date.now() - started).toBeLessThan(30_000);
   });
 
   test('a jwks_uri that redirects is refused, even to a good set', async () => {

@@ -1,9 +1,9 @@
-// The fetcher of clients' jwks_uri and issuers' keys against a real HTTPS server: a server
-// that closes an idle connection just as the next fetch is sent on it must not make that
-// fetch fail. Keys are refetched at most once per cooldown, so a failed fetch refuses the
-// client until the cooldown ends (this made test/private-key-jwt.test.ts flaky: the test's
-// key server closes idle connections after 6 s, the test refetched about 6 s after the last
-// fetch, and the fetch died with "socket hang up").
+// The fetcher of clients' jwks_uri and issuers' keys, against a real HTTPS server. Keys are
+// refetched at most once per cooldown, so a failed fetch refuses the client until the
+// cooldown ends: a connection the server closes just as a fetch is sent on it must not fail
+// that fetch (it made test/private-key-jwt.test.ts flaky: the test's key server closes idle
+// connections after 6 s, the test refetched about 6 s after the last fetch, and the fetch
+// died with "socket hang up"), and a fetch that times out says so.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { Socket } from 'node:net';
@@ -15,7 +15,7 @@ import { publicJsonFetch } from '../src/net/public-fetch.ts';
 
 let dir: string;
 let server: Server;
-let url: string;
+let base: string;
 let caFile: string;
 const requestsOn = new Map<Socket, number>();
 
@@ -24,6 +24,7 @@ beforeAll(async () => {
   const tls = await ensureDevTls(dir);
   caFile = tls.caCert;
   server = createServer({ cert: readFileSync(tls.serverCert), key: readFileSync(tls.serverKey) }, (req, res) => {
+    if (req.url === '/silent.json') return; // never answers
     const count = (requestsOn.get(req.socket) ?? 0) + 1;
     requestsOn.set(req.socket, count);
     // The race, made certain: a kept-alive connection is closed as a request arrives on it.
@@ -34,7 +35,7 @@ beforeAll(async () => {
   await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
   const address = server.address();
   if (address === null || typeof address === 'string') throw new Error('no port');
-  url = `https://127.0.0.1:${address.port}/jwks.json`;
+  base = `https://127.0.0.1:${address.port}`;
 });
 
 afterAll(async () => {
@@ -45,7 +46,12 @@ afterAll(async () => {
 
 test('a fetch after the server closed the previous fetch\'s connection gets the body', async () => {
   const fetch = publicJsonFetch({ allowPrivate: true, caFile, what: 'jwks_uri' });
-  for (let i = 0; i < 3; i++) expect(await fetch(url)).toEqual({ keys: [] });
+  for (let i = 0; i < 3; i++) expect(await fetch(`${base}/jwks.json`)).toEqual({ keys: [] });
   // Every fetch reached the server and was answered there.
   expect([...requestsOn.values()].reduce((a, b) => a + b, 0)).toBe(3);
+});
+
+test('a server that does not answer in time: the failure names the time limit', async () => {
+  const fetch = publicJsonFetch({ allowPrivate: true, caFile, what: 'jwks_uri', timeoutMs: 200 });
+  await expect(fetch(`${base}/silent.json`)).rejects.toThrow('jwks_uri did not answer within 200 ms');
 });

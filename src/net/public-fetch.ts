@@ -70,7 +70,10 @@ export function publicJsonFetch({ allowPrivate, caFile, privateHint, what = 'URL
     if (!allowPrivate && /^[\d.]+$|:/.test(host) && !isPublicAddress(host)) {
       return reject(new Error(`${host} is not a public address${hint}`));
     }
-    const req = request(url, { agent, headers: { accept: 'application/json' }, signal: AbortSignal.timeout(timeoutMs) }, (res) => {
+    const deadline = AbortSignal.timeout(timeoutMs);
+    // The abort's own message ("The operation was aborted") would not tell the operator why.
+    const fail = (err: Error) => reject(deadline.aborted ? new Error(`${what} did not answer within ${timeoutMs} ms`) : err);
+    const req = request(url, { agent, headers: { accept: 'application/json' }, signal: deadline }, (res) => {
       if (res.statusCode !== 200) {
         res.resume();
         return reject(new Error(`${what} answered ${res.statusCode}`));
@@ -82,7 +85,7 @@ export function publicJsonFetch({ allowPrivate, caFile, privateHint, what = 'URL
         if (size > maxBytes) req.destroy(new Error(`${what} response exceeds ${maxBytes} bytes`));
         else chunks.push(chunk);
       });
-      res.on('error', reject);
+      res.on('error', fail);
       res.on('end', () => {
         try {
           resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
@@ -91,7 +94,7 @@ export function publicJsonFetch({ allowPrivate, caFile, privateHint, what = 'URL
         }
       });
     });
-    req.on('error', reject);
+    req.on('error', fail);
     req.end();
   });
 }
