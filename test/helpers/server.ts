@@ -206,7 +206,7 @@ export async function startServer(workspace: Workspace, extraEnv: Record<string,
     async logLines(match, count) {
       let found: Record<string, unknown>[] = [];
       const parsed = () => output.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>).filter(match);
-      await eventually(async () => (found = parsed()).length >= count, 5000, `${count} matching log lines`).catch(() => {});
+      await eventually(async () => (found = parsed()).length >= count, 15_000, `${count} matching log lines`).catch(() => {});
       return found;
     },
     agent,
