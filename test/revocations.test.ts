@@ -67,14 +67,16 @@ suite('revocations across instances', () => {
     expect(await activeAtB(await newToken())).toBe(true);
   });
 
-  test('a token revoked through one instance is inactive on the other within a second (notification)', async () => {
+  test('a token revoked through one instance is inactive on the other, told by a notification', async () => {
     const heard = await learntAtB('notification');
     // Three, so that a poll landing between a commit and its notification cannot decide it.
     for (let i = 0; i < 3; i += 1) {
       const token = await newToken();
       expect(await activeAtB(token)).toBe(true);
       expect((await a.post('/token/revocation', { token }, { basic: ['svc', secret] })).status).toBe(200);
-      const elapsed = await eventually(async () => !(await activeAtB(token)), 1000, 'revocation seen by the other instance');
+      // Milliseconds as a rule; the deadline is for a loaded machine. What tells a notification
+      // from a poll (every second) is the count below, not the time.
+      const elapsed = await eventually(async () => !(await activeAtB(token)), 10_000, 'revocation seen by the other instance');
       process.stdout.write(`revocation seen by the other instance after ${elapsed} ms\n`);
     }
     expect(await learntAtB('notification') - heard).toBeGreaterThanOrEqual(2);
@@ -98,11 +100,12 @@ suite('revocations across instances', () => {
       await db.end();
     }
     const polled = await learntAtB('poll');
-    // Within two polls, while B's list is current (so not by falling back to the database).
-    await eventually(async () => !(await activeAtB(token)), 2500, 'revocation found by polling at B');
-    expect(await behindAtB()).toBeLessThan(2);
+    // By a poll, while B's list is current (so not by falling back to the database, which
+    // it does once the list is 3 s behind): the counts say which, the deadline is generous.
+    await eventually(async () => !(await activeAtB(token)), 10_000, 'revocation found by polling at B');
+    expect(await behindAtB()).toBeLessThan(3);
     expect(await learntAtB('poll')).toBeGreaterThan(polled);
-    // A polls on its own timer (each of its workers too): within a poll interval as well.
-    await eventually(async () => (await a.post('/token/introspection', { token }, { basic: ['svc', secret] })).body.active === false, 2500, 'revocation found by polling at A');
+    // A polls on its own timer (each of its workers too), and finds it as well.
+    await eventually(async () => (await a.post('/token/introspection', { token }, { basic: ['svc', secret] })).body.active === false, 10_000, 'revocation found by polling at A');
   });
 });
