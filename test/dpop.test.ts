@@ -220,6 +220,11 @@ describe('every bad proof: 400 invalid_dpop_proof, and no token', () => {
       return rawProof({ typ: 'dpop+jwt', alg: 'RS256', jwk: publicKey.export({ format: 'jwk' }) },
         { htm: 'POST', htu: `${server.issuer}/token`, jti: randomUUID(), iat: now() }, privateKey.export({ type: 'pkcs8', format: 'pem' }) as string);
     }],
+    ['an RSA key with the exponent 3 (the key policy: costly keys are refused before verifying)', async () => {
+      const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048, publicExponent: 3 });
+      return rawProof({ typ: 'dpop+jwt', alg: 'RS256', jwk: publicKey.export({ format: 'jwk' }) },
+        { htm: 'POST', htu: `${server.issuer}/token`, jti: randomUUID(), iat: now() }, privateKey.export({ type: 'pkcs8', format: 'pem' }) as string);
+    }],
     ['a crit header', async () => {
       const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
       return rawProof({ typ: 'dpop+jwt', alg: 'RS256', jwk: publicKey.export({ format: 'jwk' }), crit: ['exp'], exp: now() + 60 },

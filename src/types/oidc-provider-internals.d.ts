@@ -48,7 +48,17 @@ declare module 'oidc-provider/lib/helpers/grants.js' {
   import type Provider from 'oidc-provider';
   import type { KoaContextWithOIDC } from 'oidc-provider';
 
-  // The two DPoP wraps; the module exports more helpers, passed on untouched.
-  export function validateDpop(provider: Provider, ctx: KoaContextWithOIDC): Promise<{ thumbprint: string; jti: string; iat: number } | undefined>;
+  // The DPoP helper replaced; the module exports more helpers, passed on untouched.
   export function checkDpopRequired(provider: Provider, ctx: KoaContextWithOIDC, dPoP: unknown, ErrorClass?: unknown): void;
+}
+// The engine's per-provider internals: DPoP nonces (lib/helpers/challenge.js), made from
+// features.dPoP.nonceSecret, read by src/oauth/bindings/dpop.ts.
+declare module 'oidc-provider/lib/helpers/weak_cache.js' {
+  import type Provider from 'oidc-provider';
+
+  interface ServerChallenge {
+    nextChallenge(): string;
+    checkChallenge(value: string): boolean;
+  }
+  export default function instance(provider: Provider): { DPoPNonces?: ServerChallenge };
 }

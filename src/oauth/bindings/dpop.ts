@@ -1,7 +1,12 @@
 // DPoP (RFC 9449): a token bound to a key the client proves it holds, per request. The
-// engine verifies the proof (typ dpop+jwt, an allowed asymmetric alg, a public `jwk` in
-// the header and the signature with it, htm, htu, nonce). This module configures that,
-// and adds what the engine does otherwise or not at all:
+// proof at the token endpoint is checked here, in place of the engine's check, which
+// imports the header's key anew for every proof (through WebCrypto, as costly as the
+// signature check itself); a client proves with one key for a long time, so its imported
+// key and thumbprint are kept (ProofKeys). jose still parses and verifies each proof: typ
+// dpop+jwt, an allowed asymmetric alg, a public `jwk` of a kind the key policy accepts
+// (../../clients/key-policy.ts: no RSA key that costs seconds to verify), no `crit`, the
+// signature. Then, as the engine would: iat and jti present, htm, htu, the nonce. And what
+// the engine does otherwise or not at all:
 // - htu is compared with the token endpoint under ISSUER, never with a URL built from the
 //   request's Host header;
 // - iat within PROOF_MAX_AGE (the engine allows 5 minutes, and no limit with a nonce);
@@ -11,10 +16,13 @@
 // - a client registered with `--dpop` that sends no proof gets invalid_dpop_proof (the
 //   engine says invalid_grant);
 // - a certificate-bound client that sends a proof gets a token bound to both (see below).
+import { calculateJwkThumbprint, importJWK, jwtVerify, type JWK, type JWTHeaderParameters } from 'jose';
 import Provider, { errors, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 import * as clientCredentials from 'oidc-provider/lib/actions/grants/client_credentials.js';
 import * as grantHelpers from 'oidc-provider/lib/helpers/grants.js';
+import instance from 'oidc-provider/lib/helpers/weak_cache.js';
 
+import { keyRefusal } from '../../clients/key-policy.ts';
 import type { Settings } from '../../settings.ts';
 
 /** Proof algorithms: asymmetric only, the same list as for client assertions. */
@@ -23,6 +31,56 @@ export const DPOP_ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA'] as const;
 export const PROOF_MAX_AGE = 60;
 /** Clock difference allowed either way, as for client assertions. */
 export const PROOF_CLOCK_TOLERANCE = 15;
+/** Without a nonce the engine refuses (or answers use_dpop_nonce to) an iat further off. */
+const NONCE_WINDOW = 300;
+/** Proof keys kept imported; the least recently used goes first. */
+const PROOF_KEYS = 1024;
+/** A header's `jwk` longer than this (an RSA-4096 key is ~750 characters) is not kept. */
+const PROOF_KEY_MAX_CHARS = 2048;
+
+interface ProofKey {
+  key: CryptoKey;
+  thumbprint: string;
+}
+
+/** Verified proof, as the engine's grant handler takes it. */
+interface Proof {
+  thumbprint: string;
+  jti: string;
+  iat: number;
+}
+
+/** Imports a proof's `jwk` for `alg`, refusing a private key and a kind the key policy refuses. */
+async function importProofKey(jwk: JWK, alg: string): Promise<ProofKey> {
+  if ('d' in jwk) throw new errors.InvalidDpopProof('DPoP proof jwk must be a public key');
+  const refusal = keyRefusal(jwk);
+  if (refusal) throw new errors.InvalidDpopProof(`DPoP proof jwk refused: ${refusal}`);
+  const key = await importJWK({ ...jwk, ext: true }, alg);
+  if (key instanceof Uint8Array || key.type !== 'public') throw new errors.InvalidDpopProof('DPoP proof jwk must be a public key');
+  return { key, thumbprint: await calculateJwkThumbprint(jwk) };
+}
+
+/** Imported proof keys by alg and `jwk`, failures included (importing again would fail again). */
+class ProofKeys {
+  readonly #keys = new Map<string, Promise<ProofKey>>();
+
+  get(header: JWTHeaderParameters): Promise<ProofKey> {
+    const { jwk, alg } = header;
+    if (typeof jwk !== 'object' || jwk === null || Array.isArray(jwk)) throw new errors.InvalidDpopProof('DPoP proof has no jwk header');
+    const id = `${alg}.${JSON.stringify(jwk)}`;
+    let key = this.#keys.get(id);
+    if (key) {
+      this.#keys.delete(id);
+    } else {
+      key = importProofKey(jwk, alg!);
+      key.catch(() => {});
+      if (id.length > PROOF_KEY_MAX_CHARS) return key;
+      if (this.#keys.size >= PROOF_KEYS) this.#keys.delete(this.#keys.keys().next().value!);
+    }
+    this.#keys.set(id, key);
+    return key;
+  }
+}
 
 type DpopFeature = NonNullable<NonNullable<Configuration['features']>['dPoP']>;
 
@@ -44,8 +102,54 @@ export function dpopFeature(settings: Settings, nonceSecret: Buffer | undefined)
   };
 }
 
+/**
+ * The proof in the request's DPoP header, verified (see the top), or undefined without one.
+ * Nonces are checked and handed out as the engine does (`DPoP-Nonce`, use_dpop_nonce).
+ */
+async function verifyProof(provider: Provider, ctx: KoaContextWithOIDC, keys: ProofKeys, requireNonce: boolean): Promise<Proof | undefined> {
+  const jwt = ctx.get('DPoP');
+  if (!jwt) return undefined;
+  const nonces = instance(provider).DPoPNonces;
+  const next = nonces?.nextChallenge();
+  let proof: Proof;
+  let nonce: unknown;
+  try {
+    let used: ProofKey | undefined;
+    const { payload } = await jwtVerify(jwt, async (header) => (used = await keys.get(header)).key, { algorithms: [...DPOP_ALGS], typ: 'dpop+jwt' });
+    if (typeof payload.iat !== 'number' || !payload.iat) throw new errors.InvalidDpopProof('DPoP proof must have a iat number property');
+    if (typeof payload.jti !== 'string' || !payload.jti) throw new errors.InvalidDpopProof('DPoP proof must have a jti string property');
+    ({ nonce } = payload);
+    if (nonce !== undefined && typeof nonce !== 'string') throw new errors.InvalidDpopProof('DPoP proof nonce must be a string');
+    if (!nonce && Math.abs(Math.floor(Date.now() / 1000) - payload.iat) > NONCE_WINDOW) {
+      if (next) {
+        ctx.set('DPoP-Nonce', next);
+        throw new errors.UseDpopNonce('DPoP proof iat is not recent enough, use a DPoP nonce instead');
+      }
+      throw new errors.InvalidDpopProof('DPoP proof iat is not recent enough');
+    }
+    if (nonce && !nonces) throw new errors.InvalidDpopProof('DPoP nonces are not supported');
+    if (payload.htm !== ctx.method) throw new errors.InvalidDpopProof('DPoP proof htm mismatch');
+    const htu = typeof payload.htu === 'string' ? URL.parse(payload.htu) : null;
+    if (htu) {
+      htu.hash = '';
+      htu.search = '';
+    }
+    if (htu?.href !== new URL(ctx.oidc.urlFor(ctx.oidc.route)).href) throw new errors.InvalidDpopProof('DPoP proof htu mismatch');
+    proof = { thumbprint: used!.thumbprint, jti: payload.jti, iat: payload.iat };
+  } catch (err) {
+    if (err instanceof errors.InvalidDpopProof || err instanceof errors.UseDpopNonce) throw err;
+    throw new errors.InvalidDpopProof('invalid DPoP key binding', { cause: err });
+  }
+  if (next && (!nonce ? requireNonce : !nonces!.checkChallenge(nonce as string))) {
+    ctx.set('DPoP-Nonce', next);
+    throw new errors.UseDpopNonce(nonce ? 'invalid nonce in DPoP proof' : 'nonce is required in the DPoP proof');
+  }
+  if (next && nonce !== next) ctx.set('DPoP-Nonce', next);
+  return proof;
+}
+
 /** Refuses a proof outside the iat window or seen before; claims its jti otherwise. */
-async function assertFreshAndUnused(provider: Provider, proof: { thumbprint: string; jti: string; iat: number }): Promise<void> {
+async function assertFreshAndUnused(provider: Provider, proof: Proof): Promise<void> {
   const now = Math.floor(Date.now() / 1000);
   if (proof.iat < now - PROOF_MAX_AGE - PROOF_CLOCK_TOLERANCE) throw new errors.InvalidDpopProof(`DPoP proof iat is more than ${PROOF_MAX_AGE} seconds old`);
   if (proof.iat > now + PROOF_CLOCK_TOLERANCE) throw new errors.InvalidDpopProof('DPoP proof iat is in the future');
@@ -67,10 +171,11 @@ export function useDpop(provider: Provider, settings: Settings): void {
 
   // The engine's own client_credentials handler, given the engine's own helpers except two.
   const engine = Object.fromEntries(Object.entries(grantHelpers).map(([name, helper]) => [name, (helper as (...args: unknown[]) => unknown).bind(undefined, provider)]));
+  const keys = new ProofKeys();
   const helpers = {
     ...engine,
     async validateDpop(ctx: KoaContextWithOIDC) {
-      const proof = await grantHelpers.validateDpop(provider, ctx);
+      const proof = await verifyProof(provider, ctx, keys, settings.dpopNonce);
       if (proof) await assertFreshAndUnused(provider, proof);
       return proof;
     },
