@@ -304,11 +304,18 @@ describe('single use', () => {
     expectRefused(await tokenRequest(once));
   });
 
-  test('20 copies of one proof at once: exactly one token', async () => {
-    const once = await proof();
+  test('20 copies of one proof at once: exactly one token, one audit line of a token issued', async () => {
+    // The claim runs while the token is made: a lost claim's token is never sent nor logged.
+    const own = await dpopKey('ES256');
+    const jkt = await dpopThumbprint(own);
+    const once = await proof({}, {}, own);
     const answers = await Promise.all(Array.from({ length: 20 }, () => tokenRequest(once)));
     expect(answers.filter((a) => a.status === 200)).toHaveLength(1);
-    for (const a of answers.filter((r) => r.status !== 200)) expectRefused(a);
+    for (const a of answers.filter((r) => r.status !== 200)) {
+      expectRefused(a);
+      expect(a.body.error_description).toBe('DPoP proof jti was used before');
+    }
+    expect(await server.logLines((l) => l.event === 'token.issued' && l.jkt === jkt, 1)).toHaveLength(1);
   });
 
   test('the same jti from another key is another proof', async () => {

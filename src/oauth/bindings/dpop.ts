@@ -11,8 +11,8 @@
 //   request's Host header;
 // - iat within PROOF_MAX_AGE (the engine allows 5 minutes, and no limit with a nonce);
 // - jti single use, claimed through ReplayDetection.unique (one atomic INSERT, engine.ts)
-//   under the proof key's thumbprint; the engine's own check would answer a replay with
-//   invalid_grant;
+//   under the proof key's thumbprint, while the token is made; the engine's own check would
+//   answer a replay with invalid_grant;
 // - a client registered with `--dpop` that sends no proof gets invalid_dpop_proof (the
 //   engine says invalid_grant);
 // - a certificate-bound client that sends a proof gets a token bound to both (see below).
@@ -148,17 +148,24 @@ async function verifyProof(provider: Provider, ctx: KoaContextWithOIDC, keys: Pr
   return proof;
 }
 
-/** Refuses a proof outside the iat window or seen before; claims its jti otherwise. */
-async function assertFreshAndUnused(provider: Provider, proof: Proof): Promise<void> {
+/**
+ * Refuses a proof outside the iat window at once; then claims its jti, and returns the
+ * claim, which refuses a proof seen before. The claim is a database round trip: the grant
+ * goes on meanwhile (the token is made and signed), and the answer waits for the claim.
+ */
+function claimFresh(provider: Provider, proof: Proof): Promise<void> {
   const now = Math.floor(Date.now() / 1000);
   if (proof.iat < now - PROOF_MAX_AGE - PROOF_CLOCK_TOLERANCE) throw new errors.InvalidDpopProof(`DPoP proof iat is more than ${PROOF_MAX_AGE} seconds old`);
   if (proof.iat > now + PROOF_CLOCK_TOLERANCE) throw new errors.InvalidDpopProof('DPoP proof iat is in the future');
   // Kept until the proof could no longer be accepted; the jti is the key holder's, so it is
   // claimed under the key (a colon is in no client id: no clash with assertion jtis).
   const until = Math.max(now, proof.iat) + PROOF_MAX_AGE + PROOF_CLOCK_TOLERANCE;
-  if (!await provider.ReplayDetection.unique(`dpop:${proof.thumbprint}`, proof.jti, until)) {
-    throw new errors.InvalidDpopProof('DPoP proof jti was used before');
-  }
+  const claim = provider.ReplayDetection.unique(`dpop:${proof.thumbprint}`, proof.jti, until).then((first) => {
+    if (!first) throw new errors.InvalidDpopProof('DPoP proof jti was used before');
+  });
+  // Awaited once the grant is done; if the grant fails first, its error is the answer.
+  claim.catch(() => {});
+  return claim;
 }
 
 /** Installs on `provider` what this module adds to the engine's DPoP (see the top). */
@@ -172,11 +179,12 @@ export function useDpop(provider: Provider, settings: Settings): void {
   // The engine's own client_credentials handler, given the engine's own helpers except two.
   const engine = Object.fromEntries(Object.entries(grantHelpers).map(([name, helper]) => [name, (helper as (...args: unknown[]) => unknown).bind(undefined, provider)]));
   const keys = new ProofKeys();
+  const claims = new WeakMap<KoaContextWithOIDC, Promise<void>>();
   const helpers = {
     ...engine,
     async validateDpop(ctx: KoaContextWithOIDC) {
       const proof = await verifyProof(provider, ctx, keys, settings.dpopNonce);
-      if (proof) await assertFreshAndUnused(provider, proof);
+      if (proof) claims.set(ctx, claimFresh(provider, proof));
       return proof;
     },
     checkDpopRequired(ctx: KoaContextWithOIDC, proof: unknown) {
@@ -185,7 +193,12 @@ export function useDpop(provider: Provider, settings: Settings): void {
   };
   provider.registerGrantType(
     clientCredentials.grantType,
-    (ctx: KoaContextWithOIDC) => clientCredentials.handler(provider, helpers, ctx),
+    async (ctx: KoaContextWithOIDC) => {
+      await clientCredentials.handler(provider, helpers, ctx);
+      // A proof seen before (or a database that did not answer) replaces the token made
+      // meanwhile with the refusal: the token is never sent, logged or counted.
+      await claims.get(ctx);
+    },
     // As the engine registers it with resource indicators on: `resource` once.
     [...clientCredentials.parameters, 'resource'],
     ['resource'],
