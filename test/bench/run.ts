@@ -152,9 +152,10 @@ function assertions(count: number, clientId: string, audience: string, keyPem: s
   });
 }
 
-/** Pre-signed, unique DPoP proofs for POST `htu` with one ES256 key (the client's cost). */
+/** Pre-signed, unique DPoP proofs for POST `htu` with one key (the client's cost): ES256 or RS256. */
 function dpopProofs(count: number, htu: string, key: { privateKey: KeyObject; publicKey: KeyObject }): string[] {
-  const header = Buffer.from(JSON.stringify({ typ: 'dpop+jwt', alg: 'ES256', jwk: key.publicKey.export({ format: 'jwk' }) })).toString('base64url');
+  const alg = key.publicKey.asymmetricKeyType === 'ec' ? 'ES256' : 'RS256';
+  const header = Buffer.from(JSON.stringify({ typ: 'dpop+jwt', alg, jwk: key.publicKey.export({ format: 'jwk' }) })).toString('base64url');
   const iat = Math.floor(Date.now() / 1000);
   return Array.from({ length: count }, () => {
     const input = `${header}.${Buffer.from(JSON.stringify({ htm: 'POST', htu, jti: randomUUID(), iat })).toString('base64url')}`;
@@ -203,8 +204,8 @@ async function main(): Promise<void> {
 
   log('RSA-2048 ceiling on the server core');
   const ceilingOut = execFileSync(SERVER_CORE[0] ?? process.execPath, [...SERVER_CORE.slice(1), ...(SERVER_CORE.length ? [process.execPath] : []), join(ROOT, 'test', 'bench', 'rsa-ceiling.ts'), '3'], { encoding: 'utf8' });
-  const ceiling = JSON.parse(ceilingOut) as { signatures_per_second: number; jwts_per_second: number };
-  log(`  ${ceiling.signatures_per_second} signatures/s, ${ceiling.jwts_per_second} complete JWTs/s`);
+  const ceiling = JSON.parse(ceilingOut) as Report['ceiling'];
+  log(`  ${ceiling.signatures_per_second} signatures/s, ${ceiling.jwts_per_second} complete JWTs/s; verifications/s: ES256 ${ceiling.verifications_per_second.ES256}, RS256 ${ceiling.verifications_per_second.RS256}`);
 
   const baseline = await startBaseline(workspace.keysDir);
   let ours: RunningServer | undefined = await startServer(workspace, { NODE_OPTIONS: '--heapsnapshot-signal=SIGUSR2' }, { prefix: SERVER_CORE, discardOutput: true });
@@ -247,20 +248,22 @@ async function main(): Promise<void> {
         }],
       });
     };
-    const dpopKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-    const rounds: Record<'base' | 'basic' | 'dpop' | 'jwt' | 'jwtRs' | 'federated' | 'mtls' | 'jwks' | 'introspection', Measure[]> = { base: [], basic: [], dpop: [], jwt: [], jwtRs: [], federated: [], mtls: [], jwks: [], introspection: [] };
+    const dpopKeys = { ES256: generateKeyPairSync('ec', { namedCurve: 'P-256' }), RS256: generateKeyPairSync('rsa', { modulusLength: 2048 }) };
+    // Basic with a DPoP proof: fresh each round (a proof is good for 60 s), never one twice.
+    const dpopRun = (alg: keyof typeof dpopKeys) => () => {
+      const pool = dpopProofs(Math.ceil(SECONDS * 3000), oursUrl, dpopKeys[alg]);
+      let next = 0;
+      return load(`ours, Basic + DPoP (${alg} proof)`, {
+        url: oursUrl, tlsOptions: tls,
+        requests: [{ method: 'POST', body: GRANT, setupRequest: (request) => ({ ...request, headers: { ...FORM, authorization: oursAuth, dpop: pool[next++]! } }) }],
+      });
+    };
+    const rounds: Record<'base' | 'basic' | 'dpop' | 'dpopRs' | 'jwt' | 'jwtRs' | 'federated' | 'mtls' | 'jwks' | 'introspection', Measure[]> = { base: [], basic: [], dpop: [], dpopRs: [], jwt: [], jwtRs: [], federated: [], mtls: [], jwks: [], introspection: [] };
     const runs: Record<keyof typeof rounds, () => Promise<Measure>> = {
       base: () => load('bare engine, Basic', baselineBasic),
       basic: () => load('ours, Basic', oursBasic),
-      // Basic with a DPoP proof: fresh each round (a proof is good for 60 s), never one twice.
-      dpop: () => {
-        const pool = dpopProofs(Math.ceil(SECONDS * 3000), oursUrl, dpopKey);
-        let next = 0;
-        return load('ours, Basic + DPoP (ES256 proof)', {
-          url: oursUrl, tlsOptions: tls,
-          requests: [{ method: 'POST', body: GRANT, setupRequest: (request) => ({ ...request, headers: { ...FORM, authorization: oursAuth, dpop: pool[next++]! } }) }],
-        });
-      },
+      dpop: dpopRun('ES256'),
+      dpopRs: dpopRun('RS256'),
       jwt: jwtRun('ours, private_key_jwt (ES256)', 'bench-jwt', 'ES256'),
       jwtRs: jwtRun('ours, private_key_jwt (RS256)', 'bench-jwt-rs', 'RS256'),
       federated: jwtRun('ours, federated (Kubernetes token, RS256)', 'bench-fed', 'RS256', CLUSTER.kid),
@@ -276,7 +279,7 @@ async function main(): Promise<void> {
         }],
       }),
     };
-    const order: (keyof typeof rounds)[] = ['base', 'basic', 'dpop', 'jwt', 'jwtRs', 'federated', 'mtls', 'jwks', 'introspection'];
+    const order: (keyof typeof rounds)[] = ['base', 'basic', 'dpop', 'dpopRs', 'jwt', 'jwtRs', 'federated', 'mtls', 'jwks', 'introspection'];
     for (let round = 1; round <= ROUNDS; round += 1) {
       log(`round ${round}`);
       // Each round starts with a different run, so none gains from the order; ratios are
@@ -289,6 +292,7 @@ async function main(): Promise<void> {
     const base = combine('bare engine, Basic', rounds.base);
     const basic = combine('ours, Basic', rounds.basic);
     const dpop = combine('ours, Basic + DPoP (ES256 proof)', rounds.dpop);
+    const dpopRs = combine('ours, Basic + DPoP (RS256 proof)', rounds.dpopRs);
     const jwt = combine('ours, private_key_jwt (ES256)', rounds.jwt);
     const jwtRs = combine('ours, private_key_jwt (RS256)', rounds.jwtRs);
     const federated = combine('ours, federated (Kubernetes token, RS256)', rounds.federated);
@@ -362,7 +366,7 @@ async function main(): Promise<void> {
       machine: { cpu: cpus()[0]?.model, cores: cpus().length, memory_gb: Math.round(totalmem() / 2 ** 30), node: process.version, pinned: hasTaskset },
       settings: { connections: CONNECTIONS, seconds_per_run: SECONDS, rounds: ROUNDS, pairs: PAIRS, seconds_per_pair_run: PAIR_SECONDS },
       ceiling,
-      runs: { base, basic, dpop, jwt, jwt_rs256: jwtRs, federated, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds },
+      runs: { base, basic, dpop, dpop_rs256: dpopRs, jwt, jwt_rs256: jwtRs, federated, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds },
       basic_vs_baseline_pairs: pairRatios.map(round2),
       // Throughput ratios: the median of the ratios within each round (or each pair).
       ratios: {
@@ -371,6 +375,11 @@ async function main(): Promise<void> {
         basic_vs_rsa_ceiling: ratio(basic.requests_per_second, ceiling.signatures_per_second),
         p99_vs_baseline: round2(perRound(rounds.basic, rounds.base, (m) => m.p99_ms)),
         dpop_vs_basic: round2(perRound(rounds.dpop, rounds.basic, (m) => m.requests_per_second)),
+        dpop_rs256_vs_basic: round2(perRound(rounds.dpopRs, rounds.basic, (m) => m.requests_per_second)),
+        // The most DPoP / Basic could be if a proof cost nothing but its signature check:
+        // one Basic token's time plus one verification's, on the server core.
+        dpop_vs_basic_verification_bound: round2(1 / (1 + basic.requests_per_second / ceiling.verifications_per_second.ES256)),
+        dpop_rs256_vs_basic_verification_bound: round2(1 / (1 + basic.requests_per_second / ceiling.verifications_per_second.RS256)),
         private_key_jwt_vs_basic: round2(perRound(rounds.jwt, rounds.basic, (m) => m.requests_per_second)),
         private_key_jwt_rs256_vs_basic: round2(perRound(rounds.jwtRs, rounds.basic, (m) => m.requests_per_second)),
         federated_vs_private_key_jwt_rs256: round2(perRound(rounds.federated, rounds.jwtRs, (m) => m.requests_per_second)),
@@ -393,26 +402,28 @@ interface Report {
   date: string;
   machine: { cpu: string; cores: number; memory_gb: number; node: string; pinned: boolean };
   settings: { connections: number; seconds_per_run: number; rounds: number; pairs: number; seconds_per_pair_run: number };
-  ceiling: { signatures_per_second: number; jwts_per_second: number };
-  runs: Record<'base' | 'basic' | 'dpop' | 'jwt' | 'jwt_rs256' | 'federated' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure> & { rounds: unknown };
+  ceiling: { signatures_per_second: number; jwts_per_second: number; verifications_per_second: { ES256: number; RS256: number } };
+  runs: Record<'base' | 'basic' | 'dpop' | 'dpop_rs256' | 'jwt' | 'jwt_rs256' | 'federated' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure> & { rounds: unknown };
   ratios: Record<string, number>;
   memory_mb: Record<string, number>;
 }
 
 function writeReports(report: Report): void {
   const { runs, ratios, memory_mb: memory, ceiling, machine, settings } = report;
-  const rows = [runs.base, runs.basic, runs.dpop, runs.jwt, runs.jwt_rs256, runs.federated, runs.mtls, runs.mtls_reconnect, runs.jwks, runs.introspection, runs.two_workers];
+  const rows = [runs.base, runs.basic, runs.dpop, runs.dpop_rs256, runs.jwt, runs.jwt_rs256, runs.federated, runs.mtls, runs.mtls_reconnect, runs.jwks, runs.introspection, runs.two_workers];
   const md = [
     `Measured ${report.date.slice(0, 10)} on ${machine.cores} × ${machine.cpu}, ${machine.memory_gb} GiB, Node ${machine.node}; `
       + `${machine.pinned ? 'server on core 0, load generator on core 1' : 'unpinned'}; ${settings.connections} connections, `
-      + `${settings.seconds_per_run} s per run after a 5 s warm-up; the bare engine, Basic, Basic with a DPoP proof, private_key_jwt (ES256 and RS256 assertions), federated (a Kubernetes token, RS256), mTLS, /jwks and introspection (256 distinct tokens) run in turn in ${settings.rounds} rounds (medians shown); PostgreSQL on the same machine.`,
+      + `${settings.seconds_per_run} s per run after a 5 s warm-up; the bare engine, Basic, Basic with a DPoP proof (ES256 and RS256 keys), private_key_jwt (ES256 and RS256 assertions), federated (a Kubernetes token, RS256), mTLS, /jwks and introspection (256 distinct tokens) run in turn in ${settings.rounds} rounds (medians shown); PostgreSQL on the same machine.`,
     '',
     '| run | requests/s | p50 ms | p99 ms | non-2xx |',
     '|---|---:|---:|---:|---:|',
     `| RSA-2048 ceiling (signatures/s on one core; complete JWTs/s: ${ceiling.jwts_per_second}) | ${ceiling.signatures_per_second} | | | |`,
+    `| signature checks/s on that core: P-256 (ES256) ${ceiling.verifications_per_second.ES256}, RSA-2048 (RS256) ${ceiling.verifications_per_second.RS256} | | | | |`,
     ...rows.map((r) => `| ${r.name} | ${r.requests_per_second} | ${r.p50_ms} | ${r.p99_ms} | ${r.non_2xx + r.errors} |`),
     '',
-    `Ratios (within each round, median): Basic / bare engine **${ratios.basic_vs_baseline}** (from ${settings.pairs} alternating pairs of ${settings.seconds_per_pair_run} s runs: **${ratios.basic_vs_baseline_paired}**), p99 / bare engine ${ratios.p99_vs_baseline}, DPoP / Basic ${ratios.dpop_vs_basic}, `
+    `Ratios (within each round, median): Basic / bare engine **${ratios.basic_vs_baseline}** (from ${settings.pairs} alternating pairs of ${settings.seconds_per_pair_run} s runs: **${ratios.basic_vs_baseline_paired}**), p99 / bare engine ${ratios.p99_vs_baseline}, `
+      + `DPoP / Basic **${ratios.dpop_vs_basic}** with ES256 proofs and **${ratios.dpop_rs256_vs_basic}** with RS256 ones (at most ${ratios.dpop_vs_basic_verification_bound} and ${ratios.dpop_rs256_vs_basic_verification_bound} if a proof cost only its signature check), `
       + `private_key_jwt / Basic ${ratios.private_key_jwt_vs_basic} with ES256 assertions and ${ratios.private_key_jwt_rs256_vs_basic} with RS256, `
       + `federated / private_key_jwt (RS256) ${ratios.federated_vs_private_key_jwt_rs256}, mTLS / Basic ${ratios.mtls_vs_basic}. `
       + `Basic / RSA ceiling **${ratios.basic_vs_rsa_ceiling}**, /jwks / RSA ceiling ${ratios.jwks_vs_rsa_ceiling}, introspection / RSA ceiling ${ratios.introspection_vs_rsa_ceiling}, `
