@@ -13,6 +13,9 @@ import { hash } from 'node:crypto';
 import type { Database } from './database.ts';
 import { query } from './errors.ts';
 
+/** Rows in one statement at most (a burst larger than this goes in several, in turn). */
+const MAX_BATCH = 500;
+
 interface Claim {
   id: string;
   exp: number;
@@ -36,19 +39,26 @@ export class ReplayStore {
       this.#waiting.push({ id, exp: expiresAt, settle: (won) => (won instanceof Error ? reject(won) : resolve(won)) });
       if (!this.#busy) {
         this.#busy = true;
-        setImmediate(() => void this.#flush());
+        setImmediate(() => {
+          // #insert settles every claim it takes, even on failure; were anything else to
+          // throw, the claims still waiting are refused with it rather than left hanging.
+          this.#flush().catch((err: unknown) => {
+            for (const claim of this.#waiting.splice(0)) claim.settle(err instanceof Error ? err : new Error(String(err)));
+          });
+        });
       }
     });
   }
 
   /** Inserts what is waiting, then what came meanwhile, until nothing waits. */
   async #flush(): Promise<void> {
-    while (this.#waiting.length > 0) {
-      const batch = this.#waiting;
-      this.#waiting = [];
-      await this.#insert(batch);
+    try {
+      while (this.#waiting.length > 0) {
+        await this.#insert(this.#waiting.splice(0, MAX_BATCH));
+      }
+    } finally {
+      this.#busy = false;
     }
-    this.#busy = false;
   }
 
   async #insert(batch: Claim[]): Promise<void> {

@@ -53,14 +53,21 @@ interface Proof {
 /** Imports a proof's `jwk` for `alg`, refusing a private key and a kind the key policy refuses. */
 async function importProofKey(jwk: JWK, alg: string): Promise<ProofKey> {
   if ('d' in jwk) throw new errors.InvalidDpopProof('DPoP proof jwk must be a public key');
+  // As jose's EmbeddedJWK, which the engine used: a key for signatures, for this alg.
+  if (jwk.use !== undefined && jwk.use !== 'sig') throw new errors.InvalidDpopProof('DPoP proof jwk is not a signature key');
+  if (jwk.alg !== undefined && jwk.alg !== alg) throw new errors.InvalidDpopProof('DPoP proof jwk is for another alg');
+  if (jwk.ext !== undefined && typeof jwk.ext !== 'boolean') throw new errors.InvalidDpopProof('DPoP proof jwk ext must be a boolean');
   const refusal = keyRefusal(jwk);
   if (refusal) throw new errors.InvalidDpopProof(`DPoP proof jwk refused: ${refusal}`);
-  const key = await importJWK({ ...jwk, ext: true }, alg);
+  const key = await importJWK(jwk, alg);
   if (key instanceof Uint8Array || key.type !== 'public') throw new errors.InvalidDpopProof('DPoP proof jwk must be a public key');
   return { key, thumbprint: await calculateJwkThumbprint(jwk) };
 }
 
-/** Imported proof keys by alg and `jwk`, failures included (importing again would fail again). */
+/**
+ * Imported proof keys by alg and `jwk`. A refused key is not kept: refused keys cost no
+ * signature check, and keeping them would let a client push good keys out.
+ */
 class ProofKeys {
   readonly #keys = new Map<string, Promise<ProofKey>>();
 
@@ -72,8 +79,11 @@ class ProofKeys {
     if (key) {
       this.#keys.delete(id);
     } else {
-      key = importProofKey(jwk, alg!);
-      key.catch(() => {});
+      const imported = importProofKey(jwk, alg!);
+      key = imported;
+      imported.catch(() => {
+        if (this.#keys.get(id) === imported) this.#keys.delete(id);
+      });
       if (id.length > PROOF_KEY_MAX_CHARS) return key;
       if (this.#keys.size >= PROOF_KEYS) this.#keys.delete(this.#keys.keys().next().value!);
     }
@@ -97,7 +107,7 @@ export function dpopFeature(settings: Settings, nonceSecret: Buffer | undefined)
     ...(settings.dpopNonce ? { nonceSecret } : {}),
     requireNonce: () => settings.dpopNonce,
     // Replays are refused, but not by the engine's check (which answers invalid_grant):
-    // useDpop claims each jti itself, right after the engine verified the proof.
+    // useDpop verifies proofs and claims each jti itself.
     allowReplay: true,
   };
 }
