@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { createRemoteJWKSet, customFetch, exportJWK, generateKeyPair, jwtVerify, SignJWT, type CryptoKey, type JWK } from 'jose';
 import { fetch as undiciFetch } from 'undici';
 
+import { dpopKey, dpopProof, dpopThumbprint } from '../examples/dpop-client.ts';
 import { ensureDevTls } from '../src/keys/dev-tls.ts';
 import {
   addClient, applyPending, createWorkspace, eventually, freePort, sleep, startServer, type RunningServer, type Workspace,
@@ -176,6 +177,7 @@ beforeAll(async () => {
   await federated('svc-retired', 'retired', 'system:serviceaccount:old:old');
   await addClient(workspace, 'svc-basic', ['--auth', 'client_secret_basic', '--audience', API]);
   await federated('svc-k8s-bound', 'cluster', 'system:serviceaccount:payments:bound', ['--bound']);
+  await federated('svc-k8s-dpop', 'cluster', 'system:serviceaccount:payments:dpop', ['--dpop']);
   const issued = await workspace.cli('client', ['cert', 'svc-k8s-bound', '--json']);
   if (issued.code !== 0) throw new Error(issued.stderr);
   const { certificate, key } = JSON.parse(issued.stdout) as { certificate: string; key: string };
@@ -267,6 +269,22 @@ describe('each kind of issuer gets a token for the mapped client', () => {
     expect(withCert.status).toBe(200);
     const claims = await verifiedAccessToken(withCert.body.access_token);
     expect(claims).toMatchObject({ client_id: 'svc-k8s-bound', cnf: { 'x5t#S256': expect.any(String) } });
+  });
+
+  test('--dpop applies as for any client: a DPoP-bound token with a proof, 400 invalid_dpop_proof without or with a replayed one', async () => {
+    // The platform's token may be sent again; the proof may not.
+    const token = await kubernetesToken({ sub: 'system:serviceaccount:payments:dpop' });
+    const without = await tokenRequest(token);
+    expect([without.status, without.body.error, without.body.access_token]).toEqual([400, 'invalid_dpop_proof', undefined]);
+    const key = await dpopKey('ES256');
+    const proof = await dpopProof(key, 'POST', `${server.issuer}/token`);
+    const post = (dpop: string) => server.post('/token', { grant_type: 'client_credentials', client_assertion_type: JWT_BEARER, client_assertion: token }, { headers: { dpop } });
+    const bound = await post(proof);
+    expect([bound.status, bound.body.token_type]).toEqual([200, 'DPoP']);
+    const claims = await verifiedAccessToken(bound.body.access_token);
+    expect(claims).toMatchObject({ client_id: 'svc-k8s-dpop', cnf: { jkt: await dpopThumbprint(key) } });
+    const replayed = await post(proof);
+    expect([replayed.status, replayed.body.error, replayed.body.access_token]).toEqual([400, 'invalid_dpop_proof', undefined]);
   });
 
   test('introspection and revocation authenticate a federated caller', async () => {
