@@ -75,6 +75,17 @@ function clientCaFile(settings: Settings): string | undefined {
   return settings.tlsClientCa ?? (settings.production ? undefined : join(settings.keysDir, 'dev-ca.crt'));
 }
 
+/**
+ * Without TLS_CLIENT_CA (production), no certificate can pass tls_client_auth: says so at
+ * start when such clients are registered, instead of leaving each refusal to explain it.
+ */
+async function warnUntrustedCertificateClients(registry: ClientRegistry, logger: Logger): Promise<void> {
+  const refused = (await registry.list()).filter((client) => client.authMethod === 'tls_client_auth' && client.enabled).map((client) => client.clientId);
+  if (refused.length > 0) {
+    logger.warn({ clients: refused.slice(0, 20), count: refused.length }, 'TLS_CLIENT_CA is not set: clients registered with tls_client_auth are refused (self_signed_tls_client_auth is not affected)');
+  }
+}
+
 async function tlsMaterial(settings: Settings): Promise<TlsMaterial | undefined> {
   if (settings.tlsMode === 'proxy') return undefined;
   if (settings.tlsCert && settings.tlsKey) return readTlsMaterial({ cert: settings.tlsCert, key: settings.tlsKey });
@@ -175,6 +186,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     closers.push(async () => revocations.stop());
     const caFile = clientCaFile(settings);
     const clientCas = caFile ? parseCertificateBundle(readFileSync(caFile, 'utf8')) : [];
+    if (!caFile && (!cluster.isWorker || cluster.worker?.id === 1)) await warnUntrustedCertificateClients(registry, logger);
     const certificates = certificateHooks(settings, clientCas, logger);
     const bruteForce = createBruteForce({
       perClient: settings.authFailureLimit,

@@ -6,7 +6,8 @@ import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { addClient, createWorkspace, decodeJwtPart, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
+import { DEV_KEK_FILE } from '../src/keys/key-encryption.ts';
+import { addClient, createWorkspace, decodeJwtPart, freePort, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
 
 const API = 'https://api.example.test';
 const CLIENT_AUTH_FAILED = { error: 'invalid_client', error_description: 'client authentication failed' };
@@ -133,5 +134,32 @@ describe('from an address that is not a trusted proxy', () => {
       const res = await server.fetch(path);
       expect([path, res.status]).toEqual([path, 200]);
     }
+  });
+});
+
+// Production needs a PostgreSQL server: it has no embedded database.
+const onPostgres = Boolean(process.env.TEST_DATABASE_URL);
+(onPostgres ? describe : describe.skip)(`NODE_ENV=production without TLS_CLIENT_CA${onPostgres ? '' : ' (skipped: production needs TEST_DATABASE_URL)'}`, () => {
+  let production: RunningServer | undefined;
+  beforeAll(async () => {
+    await server?.stop();
+    production = await startServer(workspace, {
+      NODE_ENV: 'production', TLS_MODE: 'proxy', TRUSTED_PROXIES: '127.0.0.1', PORT: String(await freePort()),
+      // The key-encryption key the development servers above made and used.
+      KEYS_ENCRYPTION_KEY: `file:${join(workspace.keysDir, DEV_KEK_FILE)}`,
+    });
+  });
+  afterAll(async () => {
+    await production?.stop();
+  });
+
+  test('the start warns that the tls_client_auth clients will be refused, naming them; they are, self-signed ones are not', async () => {
+    const [line] = await production!.logLines((l) => typeof l.msg === 'string' && l.msg.startsWith('TLS_CLIENT_CA is not set'), 1);
+    expect(line).toMatchObject({ level: 40, count: 2, clients: ['svc-px', 'svc-px-host'] });
+    const form = (clientId: string) => ({ grant_type: 'client_credentials', client_id: clientId });
+    const refused = await production!.post('/token', form('svc-px'), { headers: forwarded(pem.trusted!) });
+    expect([refused.status, refused.body]).toEqual([401, CLIENT_AUTH_FAILED]);
+    const selfSigned = await production!.post('/token', form('svc-px-self'), { headers: forwarded(pem.rogue!) });
+    expect(selfSigned.status).toBe(200);
   });
 });
