@@ -233,6 +233,11 @@ describe('every bad proof: 400 invalid_dpop_proof, and no token', () => {
       return rawProof({ typ: 'dpop+jwt', alg: 'RS256', jwk: publicKey.export({ format: 'jwk' }), crit: ['exp'], exp: now() + 60 },
         { htm: 'POST', htu: `${server.issuer}/token`, jti: randomUUID(), iat: now() }, privateKey.export({ type: 'pkcs8', format: 'pem' }) as string);
     }],
+    ['a jwk whose key_ops do not include verify', () => proof({}, { jwk: { ...key.jwk, key_ops: ['sign'] } })],
+    ['a P-256 signature cut short', async () => (await proof()).slice(0, -8)],
+    ['a signature with a character outside base64url', async () => `${(await proof()).slice(0, -2)}+A`],
+    ['an exp that has passed', () => proof({ exp: now() - 5 })],
+    ['an nbf still to come', () => proof({ nbf: now() + 60 })],
     ['jti a number', () => proof({ jti: 42 })],
     ['htm GET', () => proof({ htm: 'GET' })],
     ['htu of another server', () => proof({ htu: 'https://as.example.org/token' })],
