@@ -203,6 +203,7 @@ describe('every bad proof: 400 invalid_dpop_proof, and no token', () => {
       return proof({}, { jwk }, { privateKey, jwk, alg: 'ES256' });
     }],
     ['no jwk', () => proof({}, { jwk: undefined })],
+    ['a jwk with a private member other than d', () => proof({}, { jwk: { ...key.jwk, p: 'AQAB' } })],
     ['a jwk for encryption (use enc)', () => proof({}, { jwk: { ...key.jwk, use: 'enc' } })],
     ['a jwk for another alg than the header\'s', () => proof({}, { jwk: { ...key.jwk, alg: 'ES384' } })],
     ['a jwk whose ext is not a boolean', () => proof({}, { jwk: { ...key.jwk, ext: 'yes' } as never })],

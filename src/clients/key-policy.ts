@@ -22,7 +22,7 @@ function bitLength(bytes: Buffer): number {
 }
 
 /** Why this key is refused, or undefined when it is one of the accepted kinds. */
-export function keyRefusal(jwk: JWK): string | undefined {
+function keyRefusal(jwk: JWK): string | undefined {
   if (jwk.kty === 'RSA') {
     const n = unsignedBytes(jwk.n);
     const e = unsignedBytes(jwk.e);
@@ -36,6 +36,21 @@ export function keyRefusal(jwk: JWK): string | undefined {
   if (!curves) return `kty ${JSON.stringify(jwk.kty)} is not accepted: use RSA, EC or OKP`;
   if (!curves.includes(jwk.crv ?? '')) return `${jwk.kty} keys must use ${curves.join(' or ')}, not ${JSON.stringify(jwk.crv)}`;
   return undefined;
+}
+
+/** Members that make a JWK private (RFC 7518 §6.2.2, §6.3.2, §6.4.1). */
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'k', 'oth'];
+
+/**
+ * Why this JWK cannot be a public signature key: a private member, a `use` other than
+ * sig, or a kind keyRefusal refuses. Undefined when it can. Registered keys, keys served at
+ * a jwks_uri and DPoP proof keys all pass through here.
+ */
+export function signatureKeyRefusal(jwk: JWK): string | undefined {
+  const secret = PRIVATE_MEMBERS.find((member) => member in jwk);
+  if (secret) return `the private member "${secret}" is present`;
+  if (jwk.use !== undefined && jwk.use !== 'sig') return `its use is ${JSON.stringify(jwk.use)}, not "sig"`;
+  return keyRefusal(jwk);
 }
 
 export const ACCEPTED_KEYS = `RSA ${RSA_MIN_BITS}-${RSA_MAX_BITS} bits with exponent 65537, EC P-256 or P-384, or Ed25519`;

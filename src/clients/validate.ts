@@ -5,7 +5,7 @@ import { X509Certificate } from 'node:crypto';
 import { calculateJwkThumbprint, importJWK, type JWK } from 'jose';
 
 import { DnSyntaxError, normaliseDn } from '../oauth/distinguished-name.ts';
-import { keyRefusal } from './key-policy.ts';
+import { signatureKeyRefusal } from './key-policy.ts';
 
 export class InputError extends Error {}
 
@@ -13,7 +13,6 @@ export class InputError extends Error {}
 export const CLIENT_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 // RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/;
-const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'k', 'oth'];
 
 export function clientId(value: string): string {
   if (!CLIENT_ID_PATTERN.test(value)) throw new InputError(`client_id ${JSON.stringify(value)} is invalid: use 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit`);
@@ -83,10 +82,7 @@ export async function publicJwks(text: string, source: string): Promise<{ keys: 
   for (const [i, key] of keys.entries()) {
     const jwk = key as JWK;
     if (typeof jwk !== 'object' || jwk === null) throw new InputError(`${source}: key ${i} is not an object`);
-    const secret = PRIVATE_MEMBERS.find((m) => m in jwk);
-    if (secret) throw new InputError(`${source}: key ${i} has the private member "${secret}": register public keys only`);
-    if (jwk.use !== undefined && jwk.use !== 'sig') throw new InputError(`${source}: key ${i} is not a signing key (use ${jwk.use})`);
-    const refusal = keyRefusal(jwk);
+    const refusal = signatureKeyRefusal(jwk);
     if (refusal) throw new InputError(`${source}: key ${i} is refused: ${refusal}`);
     const alg = jwk.alg ?? (jwk.kty === 'RSA' ? 'RS256' : jwk.kty === 'EC' ? (jwk.crv === 'P-384' ? 'ES384' : 'ES256') : 'EdDSA');
     try {

@@ -11,7 +11,7 @@
 // kind the key policy refuses (../clients/key-policy.ts) are ignored and logged.
 import type Provider from 'oidc-provider';
 
-import { keyRefusal } from '../clients/key-policy.ts';
+import { signatureKeyRefusal } from '../clients/key-policy.ts';
 import type { Logger } from '../log.ts';
 import { publicJsonFetch } from '../net/public-fetch.ts';
 import { RemoteValue } from '../net/remote-value.ts';
@@ -44,12 +44,9 @@ export function signatureKeys(body: unknown, skipped: (kid: unknown, reason: str
   if (!Array.isArray(keys)) throw new Error('jwks_uri response is not a JWK Set');
   return keys.filter((k): k is Jwk => {
     if (typeof k !== 'object' || k === null) return false;
+    // An encryption key beside the signature keys is usual: skipped without a word.
     if (k.use !== undefined && k.use !== 'sig') return false;
-    if ('d' in k) {
-      skipped(k.kid, 'a private key');
-      return false;
-    }
-    const refusal = keyRefusal(k);
+    const refusal = signatureKeyRefusal(k);
     if (refusal) skipped(k.kid, refusal);
     return refusal === undefined;
   });

@@ -22,7 +22,7 @@ import * as clientCredentials from 'oidc-provider/lib/actions/grants/client_cred
 import * as grantHelpers from 'oidc-provider/lib/helpers/grants.js';
 import instance from 'oidc-provider/lib/helpers/weak_cache.js';
 
-import { keyRefusal } from '../../clients/key-policy.ts';
+import { signatureKeyRefusal } from '../../clients/key-policy.ts';
 import type { Settings } from '../../settings.ts';
 
 /** Proof algorithms: asymmetric only, the same list as for client assertions. */
@@ -52,13 +52,11 @@ interface Proof {
 
 /** Imports a proof's `jwk` for `alg`, refusing a private key and a kind the key policy refuses. */
 async function importProofKey(jwk: JWK, alg: string): Promise<ProofKey> {
-  if ('d' in jwk) throw new errors.InvalidDpopProof('DPoP proof jwk must be a public key');
-  // As jose's EmbeddedJWK, which the engine used: a key for signatures, for this alg.
-  if (jwk.use !== undefined && jwk.use !== 'sig') throw new errors.InvalidDpopProof('DPoP proof jwk is not a signature key');
+  const refusal = signatureKeyRefusal(jwk);
+  if (refusal) throw new errors.InvalidDpopProof(`DPoP proof jwk refused: ${refusal}`);
+  // As jose's EmbeddedJWK, which the engine used: a key for this alg.
   if (jwk.alg !== undefined && jwk.alg !== alg) throw new errors.InvalidDpopProof('DPoP proof jwk is for another alg');
   if (jwk.ext !== undefined && typeof jwk.ext !== 'boolean') throw new errors.InvalidDpopProof('DPoP proof jwk ext must be a boolean');
-  const refusal = keyRefusal(jwk);
-  if (refusal) throw new errors.InvalidDpopProof(`DPoP proof jwk refused: ${refusal}`);
   const key = await importJWK(jwk, alg);
   if (key instanceof Uint8Array || key.type !== 'public') throw new errors.InvalidDpopProof('DPoP proof jwk must be a public key');
   return { key, thumbprint: await calculateJwkThumbprint(jwk) };
