@@ -423,7 +423,7 @@ function writeReports(report: Report): void {
     ...rows.map((r) => `| ${r.name} | ${r.requests_per_second} | ${r.p50_ms} | ${r.p99_ms} | ${r.non_2xx + r.errors} |`),
     '',
     `Ratios (within each round, median): Basic / bare engine **${ratios.basic_vs_baseline}** (from ${settings.pairs} alternating pairs of ${settings.seconds_per_pair_run} s runs: **${ratios.basic_vs_baseline_paired}**), p99 / bare engine ${ratios.p99_vs_baseline}, `
-      + `DPoP / Basic **${ratios.dpop_vs_basic}** with ES256 proofs and **${ratios.dpop_rs256_vs_basic}** with RS256 ones (at most ${ratios.dpop_vs_basic_verification_bound} and ${ratios.dpop_rs256_vs_basic_verification_bound} if a proof cost only its signature check), `
+      + `DPoP / Basic **${ratios.dpop_vs_basic}** with ES256 proofs and **${ratios.dpop_rs256_vs_basic}** with RS256 ones (${ratios.dpop_vs_basic_verification_bound} and ${ratios.dpop_rs256_vs_basic_verification_bound} if a proof cost only its signature check at the tight-loop rate above; inside the server it costs more: docs/performance.md), `
       + `private_key_jwt / Basic ${ratios.private_key_jwt_vs_basic} with ES256 assertions and ${ratios.private_key_jwt_rs256_vs_basic} with RS256, `
       + `federated / private_key_jwt (RS256) ${ratios.federated_vs_private_key_jwt_rs256}, mTLS / Basic ${ratios.mtls_vs_basic}. `
       + `Basic / RSA ceiling **${ratios.basic_vs_rsa_ceiling}**, /jwks / RSA ceiling ${ratios.jwks_vs_rsa_ceiling}, introspection / RSA ceiling ${ratios.introspection_vs_rsa_ceiling}, `
