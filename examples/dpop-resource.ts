@@ -35,7 +35,7 @@ export async function checkDpopRequest(
   // 3. The proof: signed by the public key in its header, recent, for this very request
   //    (its URL without query and fragment).
   const { payload: proof, protectedHeader } = await jwtVerify(request.dpop, EmbeddedJWK, {
-    typ: 'dpop+jwt', algorithms: ['RS256', 'PS256', 'ES256', 'EdDSA'], maxTokenAge: '60s', clockTolerance: 15,
+    typ: 'dpop+jwt', algorithms: ['RS256', 'PS256', 'ES256', 'ES384', 'EdDSA'], maxTokenAge: '60s', clockTolerance: 15,
   });
   const [url, htu] = [URL.parse(request.url), URL.parse(String(proof.htu))];
   if (proof.htm !== request.method) throw new DpopRefused('htm does not match the request');

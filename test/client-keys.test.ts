@@ -111,6 +111,37 @@ describe('client add --jwks', () => {
   });
 });
 
+test('a client with any accepted kind of key gets a token, its assertion signed with the alg for that key', async () => {
+  const kinds: [string, string, { jwk: JWK; key: CryptoKey | KeyObject }][] = [
+    ['rsa-2048', 'RS256', rsaJwk(2048)],
+    ['rsa-2048-pss', 'PS256', rsaJwk(2048, 65537, 'rsa-pss')],
+    ['ec-p256', 'ES256', await generated('ES256', 'p256')],
+    // Accepted at registration, so usable: a P-384 key signs ES384.
+    ['ec-p384', 'ES384', await generated('ES384', 'p384')],
+    ['ed25519', 'EdDSA', await generated('EdDSA', 'ed25519')],
+  ];
+  for (const [name, , { jwk }] of kinds) {
+    const result = await register(`svc-use-${name}`, [jwk]);
+    expect(result.stderr).toBe('');
+  }
+  const port = await freePort();
+  const own = await startServer(workspace, { PORT: String(port), ISSUER: `https://localhost:${port}` });
+  try {
+    const metadata = await (await own.fetch('/.well-known/oauth-authorization-server')).json() as Record<string, string[]>;
+    for (const [name, alg, { jwk, key }] of kinds) {
+      expect(metadata.token_endpoint_auth_signing_alg_values_supported).toContain(alg);
+      const clientId = `svc-use-${name}`;
+      const now = Math.floor(Date.now() / 1000);
+      const signed = await new SignJWT({ iss: clientId, sub: clientId, aud: own.issuer, jti: randomUUID(), iat: now, exp: now + 60 })
+        .setProtectedHeader({ alg, kid: jwk.kid! }).sign(key);
+      const res = await tokenRequest(own, signed);
+      expect({ clientId, status: res.status, body: res.status === 200 ? 'token' : res.body }).toEqual({ clientId, status: 200, body: 'token' });
+    }
+  } finally {
+    await own.stop();
+  }
+});
+
 describe('jwks_uri', () => {
   let weak: { jwk: JWK; key: KeyObject };
   let good: { jwk: JWK; key: CryptoKey };

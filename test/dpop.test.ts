@@ -151,8 +151,8 @@ describe('a DPoP-bound token, end to end', () => {
     expect(await call(`DPoP ${token}`, good)).toEqual({ status: 401, body: { refused: 'proof replayed' } });
   });
 
-  test('every allowed algorithm makes a proof the server accepts: RS256, PS256, ES256, EdDSA', async () => {
-    for (const alg of ['RS256', 'PS256', 'ES256', 'EdDSA']) {
+  test('every allowed algorithm makes a proof the server accepts: RS256, PS256, ES256, ES384, EdDSA', async () => {
+    for (const alg of ['RS256', 'PS256', 'ES256', 'ES384', 'EdDSA']) {
       const signer = await dpopKey(alg);
       const res = await tokenRequest(await proof({}, {}, signer));
       expect([alg, res.status, res.body.token_type]).toEqual([alg, 200, 'DPoP']);
@@ -183,7 +183,7 @@ describe('a DPoP-bound token, end to end', () => {
 
 test('metadata lists the proof algorithms', async () => {
   const metadata = await (await server.fetch('/.well-known/oauth-authorization-server')).json() as Record<string, unknown>;
-  expect(metadata.dpop_signing_alg_values_supported).toEqual(['RS256', 'PS256', 'ES256', 'EdDSA']);
+  expect(metadata.dpop_signing_alg_values_supported).toEqual(['RS256', 'PS256', 'ES256', 'ES384', 'EdDSA']);
 });
 
 describe('every bad proof: 400 invalid_dpop_proof, and no token', () => {

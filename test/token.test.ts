@@ -89,7 +89,7 @@ test('discovery advertises exactly the client-credentials server', async () => {
       tls_client_certificate_bound_access_tokens: true,
     });
     expect(doc.token_endpoint_auth_methods_supported).toEqual(expect.arrayContaining(['client_secret_basic', 'private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth']));
-    expect(doc.token_endpoint_auth_signing_alg_values_supported).toEqual(['RS256', 'PS256', 'ES256', 'EdDSA']);
+    expect(doc.token_endpoint_auth_signing_alg_values_supported).toEqual(['RS256', 'PS256', 'ES256', 'ES384', 'EdDSA']);
     expect(doc.authorization_endpoint).toBeUndefined();
     expect(doc.userinfo_endpoint).toBeUndefined();
   }

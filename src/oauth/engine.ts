@@ -19,7 +19,7 @@ import { StorageUnavailable } from '../storage/errors.ts';
 import type { ReplayStore } from '../storage/replay.ts';
 
 /** Client-assertion algorithms: asymmetric only (no HS*, no none). */
-export const ASSERTION_ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
+export const ASSERTION_ALGS = ['RS256', 'PS256', 'ES256', 'ES384', 'EdDSA'];
 export const CLOCK_TOLERANCE = 15;
 
 export const AUTH_METHODS_SUPPORTED = [

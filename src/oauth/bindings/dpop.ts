@@ -26,7 +26,7 @@ import { signatureKeyRefusal } from '../../clients/key-policy.ts';
 import type { Settings } from '../../settings.ts';
 
 /** Proof algorithms: asymmetric only, the same list as for client assertions. */
-export const DPOP_ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA'] as const;
+export const DPOP_ALGS = ['RS256', 'PS256', 'ES256', 'ES384', 'EdDSA'] as const;
 /** Oldest a proof's iat may be, seconds (RFC 9449 §11.1 leaves the window to the server). */
 export const PROOF_MAX_AGE = 60;
 /** Clock difference allowed either way, as for client assertions. */
