@@ -4,7 +4,7 @@ import { X509Certificate } from 'node:crypto';
 
 import { calculateJwkThumbprint, importJWK, type JWK } from 'jose';
 
-import { DnSyntaxError, normaliseDn } from '../oauth/distinguished-name.ts';
+import { DnSyntaxError, normaliseDn } from './distinguished-name.ts';
 import { signatureKeyRefusal } from './key-policy.ts';
 
 export class InputError extends Error {}

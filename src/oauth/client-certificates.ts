@@ -13,7 +13,7 @@ import proxyAddr from 'proxy-addr';
 
 import type { Logger } from '../log.ts';
 import type { Settings } from '../settings.ts';
-import { certificateSubjectDn, normaliseDn } from './distinguished-name.ts';
+import { certificateSubjectDn, normaliseDn } from '../clients/distinguished-name.ts';
 
 const CERT = Symbol('client certificate');
 
