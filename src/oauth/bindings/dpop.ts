@@ -93,9 +93,10 @@ class ProofKeys {
 type DpopFeature = NonNullable<NonNullable<Configuration['features']>['dPoP']>;
 
 /**
- * The engine's DPoP feature. Nonces are HMACs of the current minute under `nonceSecret`,
- * which every process reads from the database at start (storage/shared-secrets.ts), so a
- * nonce one worker or instance issued is accepted by all without a read per request. With
+ * The engine's DPoP feature. Nonces are derived (HKDF) from the current minute under
+ * `nonceSecret`, which every process reads from the database at start
+ * (storage/shared-secrets.ts), so a nonce one worker or instance issued is accepted by all
+ * without a read per request. With
  * DPOP_NONCE off no secret is given: proofs carry no nonce, and the engine refuses one.
  */
 export function dpopFeature(settings: Settings, nonceSecret: Buffer | undefined): DpopFeature {
@@ -114,7 +115,7 @@ export function dpopFeature(settings: Settings, nonceSecret: Buffer | undefined)
  * The proof in the request's DPoP header, verified (see the top), or undefined without one.
  * Nonces are checked and handed out as the engine does (`DPoP-Nonce`, use_dpop_nonce).
  */
-async function verifyProof(provider: Provider, ctx: KoaContextWithOIDC, keys: ProofKeys, requireNonce: boolean): Promise<Proof | undefined> {
+async function verifyProof(provider: Provider, ctx: KoaContextWithOIDC, keys: ProofKeys, tokenEndpoint: string, requireNonce: boolean): Promise<Proof | undefined> {
   const jwt = ctx.get('DPoP');
   if (!jwt) return undefined;
   const nonces = instance(provider).DPoPNonces;
@@ -142,7 +143,7 @@ async function verifyProof(provider: Provider, ctx: KoaContextWithOIDC, keys: Pr
       htu.hash = '';
       htu.search = '';
     }
-    if (htu?.href !== new URL(ctx.oidc.urlFor(ctx.oidc.route)).href) throw new errors.InvalidDpopProof('DPoP proof htu mismatch');
+    if (htu?.href !== tokenEndpoint) throw new errors.InvalidDpopProof('DPoP proof htu mismatch');
     proof = { thumbprint: used!.thumbprint, jti: payload.jti, iat: payload.iat };
   } catch (err) {
     if (err instanceof errors.InvalidDpopProof || err instanceof errors.UseDpopNonce) throw err;
@@ -187,11 +188,13 @@ export function useDpop(provider: Provider, settings: Settings): void {
   // The engine's own client_credentials handler, given the engine's own helpers except two.
   const engine = Object.fromEntries(Object.entries(grantHelpers).map(([name, helper]) => [name, (helper as (...args: unknown[]) => unknown).bind(undefined, provider)]));
   const keys = new ProofKeys();
+  // Proofs are checked at the token endpoint only: its URL under ISSUER, parsed once.
+  const tokenEndpoint = new URL(provider.OIDCContext.prototype.urlFor('token')).href;
   const claims = new WeakMap<KoaContextWithOIDC, Promise<void>>();
   const helpers = {
     ...engine,
     async validateDpop(ctx: KoaContextWithOIDC) {
-      const proof = await verifyProof(provider, ctx, keys, settings.dpopNonce);
+      const proof = await verifyProof(provider, ctx, keys, tokenEndpoint, settings.dpopNonce);
       if (proof) claims.set(ctx, claimFresh(provider, proof));
       return proof;
     },
