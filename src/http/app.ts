@@ -125,7 +125,7 @@ function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
     // Machine clients only: no browser is to read these answers cross-origin.
     if (ctx.response.get('access-control-allow-origin')) for (const header of CORS_HEADERS) ctx.remove(header);
     // The attempts were taken before the credential was evaluated: a failure keeps them.
-    settleAttempts(ctx.state, ctx.status === 401);
+    settleAttempts(ctx.state, ctx.status);
     try {
       // Unknown paths share one label: a label per path would let anyone grow the metrics.
       audit(ctx, logger, metrics, address, startedAt, signingKid, ENDPOINTS[ctx.path] ? ctx.path : 'other');
@@ -163,6 +163,7 @@ function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
       const admitted = bruteForce.admitAddress(ctx.state.address as string);
       const admission = 'then' in admitted ? await admitted : admitted;
       if ('refused' in admission) return tooManyAttempts(ctx, admission.waitMs, admission.refused);
+      if ('busy' in admission) return jsonError(ctx, 503, 'temporarily_unavailable', 'the service is temporarily unavailable, retry later');
       holdAttempt(ctx.state, admission.attempt);
     }
     await next();

@@ -1,26 +1,28 @@
-// Brute-force limits on client authentication: per client id and source address, and per
-// source address. An attempt is taken from its limits BEFORE its credential is evaluated,
-// by one atomic consume (an upsert in PostgreSQL, shared by workers and instances; memory
-// for the embedded database, which has one process), so concurrent guesses can never
-// together exceed a limit. A failed attempt keeps its point until the window ends; a
-// successful one gives it back. A client that authenticates from another address is never
-// locked out by an attacker's failures. IPv6 addresses are counted per /64: one host
-// usually holds a whole /64, and could otherwise take a fresh address per guess.
+// Brute-force limits on client authentication: failed authentications per client id and
+// source address, and per source address, over a fixed window (storage/failure-counts.ts:
+// PostgreSQL, shared by every worker and instance, or memory for the embedded database).
 //
-// Giving a point back to the database after every success would cost a correct client two
-// writes per token. Instead the point stays in this process as a lease: the next attempt
-// on the same key takes it without a query, and leases unused for IDLE_MS (or held for
-// LEASE_MAX_MS) go back to the database in one write. Leases are points consumed in the
-// database, so every attempt evaluated anywhere holds a point of the shared count: the
-// limit holds across processes. An attempt over the limit while attempts on its key are
-// being checked in this process waits for their outcome instead of failing at once: a
-// correct client sending more requests at once than the limit gets them all answered.
+// Only failures are counted, and no attempt is evaluated that could take a count past its
+// limit. Per key, each process keeps a window of attempts it may evaluate at once:
+// - A key no client has authenticated on here since its last failure has a window of one,
+//   and its attempt first reserves a failure in the store, atomically and only while the
+//   limit is not reached; an authenticated attempt gives it back. So across every process,
+//   guesses that never succeed are evaluated at most up to the limit.
+// - Each authenticated attempt widens the window by one (up to the failures the key has
+//   left); attempts within it are evaluated without any write, and a failure among them is
+//   counted after it and shuts the window to one again.
+// Attempts beyond the window wait their turn instead of being refused, so a correct
+// client's burst is served in full, and its steady traffic writes nothing. Nothing is held
+// in the store for an attempt in flight but one reserved failure per untrusted key, so a
+// process that dies leaves at most that behind. IPv6 addresses are counted per /64: one
+// host usually holds a whole /64, and could otherwise take a fresh address per guess.
+// docs/brute-force-limits.md has the bounds and why.
 import { hash } from 'node:crypto';
 
 import type { Knex } from 'knex';
-import { RateLimiterMemory, RateLimiterPostgres, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 
 import { addressKey } from '../net/address-key.ts';
+import { databaseFailureCounts, memoryFailureCounts, type FailureCount, type FailureCounts } from '../storage/failure-counts.ts';
 
 export interface BruteForceLimits {
   perClient: number;
@@ -31,20 +33,27 @@ export interface BruteForceLimits {
 /** Which limit refused an attempt; the audit line names it, the response never does. */
 export type LimitReason = 'limit per address' | 'limit per client and address';
 
+/**
+ * How an attempt ended: `failed`, its credential was refused (401); `authenticated`, the
+ * client proved who it is (a 2xx answer); `other`, neither (the request was refused before
+ * or regardless of its credential).
+ */
+export type Outcome = 'failed' | 'authenticated' | 'other';
+
 /** One admitted attempt: settle it when its outcome is known. */
 export interface Attempt {
-  /** `failed`: the credential was refused (401); otherwise the point is given back. */
-  settle(failed: boolean): void;
+  settle(outcome: Outcome): void;
 }
 
-export type Admission = { attempt: Attempt } | { refused: LimitReason; waitMs: number };
+/** `busy`: the attempt waited its turn for longer than MAX_WAIT_MS (answered 503, not 429). */
+export type Admission = { attempt: Attempt } | { refused: LimitReason; waitMs: number } | { busy: true };
 
 export interface BruteForce {
-  /** Takes one attempt from `address`'s limit. Answers at once (no promise) when a lease is at hand. */
+  /** Admits one attempt under `address`'s limit. Answers at once (no promise) when it can. */
   admitAddress(address: string): Admission | Promise<Admission>;
-  /** Takes one attempt from the limit of `clientId` at `address`. */
+  /** Admits one attempt under the limit of `clientId` at `address`. */
   admitClient(address: string, clientId: string): Admission | Promise<Admission>;
-  /** Gives every lease back (shutdown). */
+  /** Stops the clean-up timer. */
   close(): Promise<void>;
 }
 
@@ -56,213 +65,205 @@ export function holdAttempt(state: object, attempt: Attempt): void {
   (held[ATTEMPTS] ??= []).push(attempt);
 }
 
-/** Settles every attempt the request holds: a 401 spends them, any other answer gives them back. */
-export function settleAttempts(state: object, failed: boolean): void {
+/** Settles every attempt the request holds, from the answer's status. */
+export function settleAttempts(state: object, status: number): void {
+  const outcome: Outcome = status === 401 ? 'failed' : status >= 200 && status < 300 ? 'authenticated' : 'other';
   const held = state as { [ATTEMPTS]?: Attempt[] };
-  for (const attempt of held[ATTEMPTS] ?? []) attempt.settle(failed);
+  for (const attempt of held[ATTEMPTS] ?? []) attempt.settle(outcome);
   held[ATTEMPTS] = [];
 }
 
-
-/** Where the counts live: an atomic consume, and a give-back that cannot reach another window. */
-interface CountStore {
-  /** Resolves with ms until the key's window ends, or rejects with RateLimiterRes over the limit. */
-  consume(key: string): Promise<number>;
-  giveBack(key: string, points: number, windowEndsAt: number): Promise<void>;
-}
-
-function memoryStore(points: number, duration: number, keyPrefix: string): CountStore {
-  const limiter = new RateLimiterMemory({ points, duration, keyPrefix });
-  return {
-    consume: async (key) => (await limiter.consume(key)).msBeforeNext,
-    async giveBack(key, n, windowEndsAt) {
-      // One process: nothing runs between the check and the reward.
-      const state = await limiter.get(key);
-      if (state && Math.abs(Date.now() + state.msBeforeNext - windowEndsAt) < duration * 500) await limiter.reward(key, n);
-    },
-  };
-}
-
-function postgresStore(db: Knex, points: number, duration: number, keyPrefix: string): CountStore {
-  const options = { points, duration, keyPrefix };
-  const limiter: RateLimiterAbstract = new RateLimiterPostgres({
-    ...options,
-    storeClient: db,
-    storeType: 'knex',
-    tableName: 'auth_failures',
-    tableCreated: true,
-    // If the database is down, keep limiting in this process rather than not at all.
-    insuranceLimiter: new RateLimiterMemory(options),
-  });
-  return {
-    consume: async (key) => (await limiter.consume(key)).msBeforeNext,
-    async giveBack(key, n, windowEndsAt) {
-      // Only into the window the lease came from (windows of one key are at least `duration`
-      // apart), and never below zero: a late give-back must not credit a new window.
-      await db('auth_failures')
-        .where('key', limiter.getKey(key))
-        .whereBetween('expire', [windowEndsAt - duration * 500, windowEndsAt + duration * 500])
-        .andWhere('expire', '>', Date.now())
-        .update({ points: db.raw('GREATEST(points - ?, 0)', [n]) });
-    },
-  };
-}
-
-/** Leases unused this long go back to the store; any lease after LEASE_MAX_MS, so processes share. */
-const IDLE_MS = 1000;
-const LEASE_MAX_MS = 5000;
-/** The longest an attempt waits for a point held by an attempt in flight here. */
+/** The longest an attempt waits for its turn before it is answered 503. */
 const MAX_WAIT_MS = 5000;
-const MAX_LEASED_KEYS = 50_000;
+/** How long a key's state is kept once nothing uses it (its window then starts at one again). */
+const IDLE_MS = 300_000;
+const MAX_KEYS = 100_000;
+const SWEEP_MS = 10_000;
 
 interface Waiter {
-  resolve: (admission: Admission | Promise<Admission>) => void;
+  admit: (admission: Admission) => void;
   timer: NodeJS.Timeout;
 }
 
-/** What this process knows of one key: leased points at hand, attempts being checked, attempts waiting. */
-interface KeyState {
-  free: number;
+/** A failure counted before an attempt was evaluated: in the store's window, or in this process alone. */
+interface Reservation {
   windowEndsAt: number;
-  usedAt: number;
-  leasedAt: number;
+  stored: boolean;
+}
+
+/** What this process knows of one key. */
+interface KeyState {
+  key: string;
+  /** The key's failures in its window, as last learnt from the store (or counted here alone). */
+  failures: number;
+  windowEndsAt: number;
+  /** Attempts that may be evaluated at once; 1: untrusted, each attempt reserves a failure first. */
+  window: number;
   inFlight: number;
   waiters: Waiter[];
+  usedAt: number;
 }
 
 class LimitedKeys {
   readonly #keys = new Map<string, KeyState>();
-  readonly #store: CountStore;
+  readonly #store: FailureCounts;
+  readonly #limit: number;
   readonly #reason: LimitReason;
-  // Leases are not used this close to their window's end (clocks of instances differ a little).
-  readonly #margin: number;
+  readonly #windowMs: number;
 
-  constructor(store: CountStore, reason: LimitReason, windowMs: number) {
+  constructor(store: FailureCounts, limit: number, reason: LimitReason, windowMs: number) {
     this.#store = store;
+    this.#limit = limit;
     this.#reason = reason;
-    this.#margin = Math.min(1000, windowMs / 4);
-  }
-
-  #usable(windowEndsAt: number, now: number): boolean {
-    return windowEndsAt - now > this.#margin;
-  }
-
-  #state(key: string): KeyState {
-    let state = this.#keys.get(key);
-    if (!state) {
-      state = { free: 0, windowEndsAt: 0, usedAt: 0, leasedAt: 0, inFlight: 0, waiters: [] };
-      this.#keys.set(key, state);
-    }
-    return state;
-  }
-
-  #forget(key: string, state: KeyState): void {
-    if (state.free === 0 && state.inFlight === 0 && state.waiters.length === 0) this.#keys.delete(key);
-  }
-
-  #leased(key: string): Attempt | undefined {
-    const state = this.#keys.get(key);
-    const now = Date.now();
-    if (!state || state.free === 0 || !this.#usable(state.windowEndsAt, now)) return undefined;
-    state.free -= 1;
-    state.usedAt = now;
-    return this.#attempt(key, state.windowEndsAt);
+    this.#windowMs = windowMs;
   }
 
   admit(key: string): Admission | Promise<Admission> {
-    const leased = this.#leased(key);
-    if (leased) return { attempt: leased };
-    return this.#store.consume(key).then(
-      (msLeft) => ({ attempt: this.#attempt(key, Date.now() + msLeft) }),
-      (res: unknown) => {
-        if (!(res instanceof RateLimiterRes)) throw res;
-        const refused: Admission = { refused: this.#reason, waitMs: res.msBeforeNext };
-        const again = this.#leased(key);
-        if (again) return { attempt: again };
-        // Over the limit while this process is checking attempts on the key: their points
-        // may come back (a correct client sending many requests at once), so wait for one.
-        const state = this.#keys.get(key);
-        if (!state || state.inFlight === 0) return refused;
-        return new Promise<Admission>((resolve) => {
-          const waiter: Waiter = {
-            resolve,
-            timer: setTimeout(() => {
-              state.waiters.splice(state.waiters.indexOf(waiter), 1);
-              this.#forget(key, state);
-              resolve(refused);
-            }, MAX_WAIT_MS),
-          };
-          state.waiters.push(waiter);
-        });
+    let state = this.#keys.get(key);
+    if (!state) {
+      state = { key, failures: 0, windowEndsAt: 0, window: 1, inFlight: 0, waiters: [], usedAt: 0 };
+      this.#keys.set(key, state);
+    }
+    state.usedAt = Date.now();
+    if (this.#failuresNow(state) >= this.#limit) return this.#refusal(state);
+    if (state.waiters.length === 0 && this.#room(state) > 0) return this.#start(state);
+    return new Promise<Admission>((admit) => {
+      const waiter: Waiter = {
+        admit,
+        timer: setTimeout(() => {
+          state.waiters.splice(state.waiters.indexOf(waiter), 1);
+          admit({ busy: true });
+        }, MAX_WAIT_MS),
+      };
+      state.waiters.push(waiter);
+    });
+  }
+
+  #failuresNow(state: KeyState): number {
+    if (state.windowEndsAt <= Date.now()) {
+      state.failures = 0;
+      state.windowEndsAt = 0;
+    }
+    return state.failures;
+  }
+
+  #learn(state: KeyState, count: FailureCount): void {
+    if (count.windowEndsAt !== state.windowEndsAt) {
+      state.windowEndsAt = count.windowEndsAt;
+      state.failures = count.failures;
+    } else {
+      state.failures = Math.max(state.failures, count.failures);
+    }
+  }
+
+  /** Attempts that may start now: the window, never past the failures left. */
+  #room(state: KeyState): number {
+    return Math.min(state.window, this.#limit - this.#failuresNow(state)) - state.inFlight;
+  }
+
+  #refusal(state: KeyState): Admission {
+    return { refused: this.#reason, waitMs: Math.max(0, state.windowEndsAt - Date.now()) };
+  }
+
+  #start(state: KeyState): Admission | Promise<Admission> {
+    state.inFlight += 1;
+    if (state.window > 1) return { attempt: this.#attempt(state, undefined) };
+    return this.#store.reserve(state.key, this.#limit).then(
+      (count) => {
+        this.#learn(state, count);
+        if (count.taken) return { attempt: this.#attempt(state, { windowEndsAt: count.windowEndsAt, stored: true }) };
+        this.#release(state);
+        return this.#refusal(state);
+      },
+      () => {
+        // The store did not answer: this process counts alone, in a window of its own.
+        if (state.windowEndsAt <= Date.now()) state.windowEndsAt = Date.now() + this.#windowMs;
+        state.failures += 1;
+        return { attempt: this.#attempt(state, { windowEndsAt: state.windowEndsAt, stored: false }) };
       },
     );
   }
 
-  #attempt(key: string, windowEndsAt: number): Attempt {
-    const state = this.#state(key);
-    state.inFlight += 1;
+  /** `reserved`: the failure reserved for the attempt, in the store or here alone; undefined: none. */
+  #attempt(state: KeyState, reserved: Reservation | undefined): Attempt {
     let settled = false;
     return {
-      settle: (failed) => {
+      settle: (outcome) => {
         if (settled) return;
         settled = true;
-        state.inFlight -= 1;
-        const now = Date.now();
-        const kept = !failed && this.#usable(windowEndsAt, now);
-        const waiter = state.waiters.shift();
-        if (waiter) {
-          clearTimeout(waiter.timer);
-          // A point given back goes to the next waiter; a spent one sends it to ask again.
-          waiter.resolve(kept ? { attempt: this.#attempt(key, windowEndsAt) } : this.admit(key));
-        } else if (kept && (state.free > 0 || this.#keys.size < MAX_LEASED_KEYS)) {
-          if (!this.#usable(state.windowEndsAt, now)) {
-            state.free = 0;
-            state.windowEndsAt = windowEndsAt;
-            state.leasedAt = now;
-          }
-          state.free += 1;
-          state.usedAt = now;
+        if (outcome === 'failed') {
+          state.window = 1;
+          if (reserved !== undefined) return this.#release(state);
+          // Evaluated without a reservation: the failure is counted now, and the attempt
+          // keeps its place until it is, so that this process does not start one too many.
+          this.#store.add(state.key).then(
+            (count) => this.#learn(state, count),
+            () => {
+              if (state.windowEndsAt <= Date.now()) state.windowEndsAt = Date.now() + this.#windowMs;
+              state.failures += 1;
+            },
+          ).finally(() => this.#release(state));
+          return;
         }
-        // Nothing left in flight here: whoever still waits asks the store again.
-        if (state.inFlight === 0) {
-          for (const rest of state.waiters.splice(0)) {
-            clearTimeout(rest.timer);
-            rest.resolve(this.admit(key));
-          }
-        }
-        this.#forget(key, state);
+        if (reserved !== undefined) this.#giveBack(state, reserved);
+        if (outcome === 'authenticated') state.window = Math.min(state.window + 1, this.#limit);
+        this.#release(state);
       },
     };
   }
 
-  /** Gives idle or old leases back (all of them with `all`); drops those of ended windows. */
-  async sweep(all = false): Promise<void> {
-    const now = Date.now();
-    const returns: Promise<void>[] = [];
-    for (const [key, state] of this.#keys) {
-      if (state.free > 0 && !this.#usable(state.windowEndsAt, now)) {
-        state.free = 0;
-      } else if (state.free > 0 && (all || now - state.usedAt >= IDLE_MS || now - state.leasedAt >= LEASE_MAX_MS)) {
-        returns.push(this.#store.giveBack(key, state.free, state.windowEndsAt).catch(() => {}));
-        state.free = 0;
+  #giveBack(state: KeyState, { windowEndsAt, stored }: Reservation): void {
+    if (state.windowEndsAt === windowEndsAt && state.failures > 0) state.failures -= 1;
+    if (stored) this.#store.giveBack(state.key, windowEndsAt).catch(() => {});
+  }
+
+  #release(state: KeyState): void {
+    state.inFlight -= 1;
+    state.usedAt = Date.now();
+    if (this.#failuresNow(state) >= this.#limit) {
+      for (const waiter of state.waiters.splice(0)) {
+        clearTimeout(waiter.timer);
+        waiter.admit(this.#refusal(state));
       }
-      this.#forget(key, state);
+      return;
     }
-    await Promise.all(returns);
+    while (state.waiters.length > 0 && this.#room(state) > 0) {
+      const waiter = state.waiters.shift()!;
+      clearTimeout(waiter.timer);
+      const started = this.#start(state);
+      if ('then' in started) void started.then(waiter.admit);
+      else waiter.admit(started);
+    }
+  }
+
+  /** Forgets keys nothing uses: idle ones, and the oldest past MAX_KEYS. */
+  sweep(): void {
+    const now = Date.now();
+    let excess = this.#keys.size - MAX_KEYS;
+    for (const [key, state] of this.#keys) {
+      const idle = state.inFlight === 0 && state.waiters.length === 0;
+      if (idle && (excess > 0 || now - state.usedAt > IDLE_MS)) {
+        this.#keys.delete(key);
+        excess -= 1;
+      }
+    }
   }
 }
 
 export function createBruteForce(limits: BruteForceLimits, db: Knex | undefined): BruteForce {
-  const store = (points: number, prefix: string) => (db
-    ? postgresStore(db, points, limits.windowSeconds, prefix)
-    : memoryStore(points, limits.windowSeconds, prefix));
   const windowMs = limits.windowSeconds * 1000;
-  const perAddress = new LimitedKeys(store(limits.perAddress, 'address'), 'limit per address', windowMs);
-  const perClient = new LimitedKeys(store(limits.perClient, 'client'), 'limit per client and address', windowMs);
+  const counts = (prefix: string) => (db ? databaseFailureCounts(db, windowMs, prefix) : memoryFailureCounts(windowMs));
+  const addressCounts = counts('address');
+  const clientCounts = counts('client');
+  const perAddress = new LimitedKeys(addressCounts, limits.perAddress, 'limit per address', windowMs);
+  const perClient = new LimitedKeys(clientCounts, limits.perClient, 'limit per client and address', windowMs);
+  let sweeps = 0;
   const sweeper = setInterval(() => {
-    void perAddress.sweep();
-    void perClient.sweep();
-  }, IDLE_MS);
+    perAddress.sweep();
+    perClient.sweep();
+    // The stored counts are swept less often: once a minute, whichever process does it.
+    if ((sweeps += 1) % 6 === 0) for (const store of [addressCounts, clientCounts]) store.sweep().catch(() => {});
+  }, SWEEP_MS);
   sweeper.unref();
 
   return {
@@ -271,7 +272,6 @@ export function createBruteForce(limits: BruteForceLimits, db: Knex | undefined)
     admitClient: (address, clientId) => perClient.admit(`${addressKey(address)} ${hash('sha256', clientId, 'base64url')}`),
     async close() {
       clearInterval(sweeper);
-      await Promise.all([perAddress.sweep(true), perClient.sweep(true)]);
     },
   };
 }

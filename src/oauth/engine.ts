@@ -304,6 +304,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
         ctx.set?.('retry-after', String(Math.max(1, Math.ceil(admission.waitMs / 1000))));
         throw new TooManyAttempts(admission.refused);
       }
+      if ('busy' in admission) throw new TemporarilyUnavailable();
       holdAttempt(ctx.state!, admission.attempt);
     }
     const record = await lookUp(registry, id);
