@@ -150,6 +150,22 @@ async function startManagement(settings: Settings, logger: Logger, probes: Manag
   return server;
 }
 
+/** Past this much of the 10 s a stop may take, what has not closed is left to the exit. */
+const CLOSING_MS = 8000;
+/** The longest one closer may take: one stuck on a hung database must not keep the others from closing. */
+const CLOSER_MS = 2000;
+
+/** Runs the closers last-opened first, each for at most CLOSER_MS and none past `until`. */
+async function closeAll(closers: (() => Promise<void>)[], until: number): Promise<void> {
+  for (const close of closers.reverse()) {
+    const left = Math.min(CLOSER_MS, until - Date.now());
+    if (left <= 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([close().catch(() => {}), new Promise((done) => { timer = setTimeout(done, left); })]);
+    clearTimeout(timer);
+  }
+}
+
 /** One server process: everything from the client registry to the listener. */
 async function serve(settings: Settings, database: OpenDatabase, logger: Logger): Promise<void> {
   const closers: (() => Promise<void>)[] = [() => database.close()];
@@ -202,7 +218,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     const deps = {
       settings, registry, issuers, issuerKeys, replay, revocations, logger, certificates, bruteForce, metrics, lifecycle, dpopNonceSecret,
       pingDatabase: async () => {
-        await database.db.raw('select 1').timeout(2000);
+        await database.db.raw('select 1').timeout(settings.databaseTimeout * 1000);
         databaseAnswered();
       },
     };
@@ -303,7 +319,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
         clearInterval(waitForQuiet);
         server.close(() => {
           void (async () => {
-            for (const close of closers.reverse()) await close().catch(() => {});
+            await closeAll(closers, started + CLOSING_MS);
             logger.info({}, 'stopped');
             logger.flush(() => process.exit(0));
           })();

@@ -79,6 +79,12 @@ export interface Settings {
   authFailureAddressLimit: number;
   /** AUTH_FAILURE_WINDOW: seconds over which failures are counted; a blocked key waits out the window. */
   authFailureWindow: number;
+  /**
+   * DATABASE_TIMEOUT: seconds a request may wait for the database, for a connection and for
+   * a statement each; past it the request gets 503 with Retry-After, and for a moment
+   * every query fails at once (one probes) instead of waiting too.
+   */
+  databaseTimeout: number;
   /** DB_OUTAGE_GRACE_SECONDS: while the database is unreachable, a client fetched this recently keeps getting tokens. */
   dbOutageGraceSeconds: number;
   /**
@@ -313,6 +319,7 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     authFailureLimit: integer(env, 'AUTH_FAILURE_LIMIT', 10, 1, 100000),
     authFailureAddressLimit: integer(env, 'AUTH_FAILURE_ADDRESS_LIMIT', 100, 1, 1000000),
     authFailureWindow: integer(env, 'AUTH_FAILURE_WINDOW', 300, 1, 86400),
+    databaseTimeout: decimal(env, 'DATABASE_TIMEOUT', 2, 0.1, 60),
     dbOutageGraceSeconds: integer(env, 'DB_OUTAGE_GRACE_SECONDS', 300, 0, 86400),
     dpopNonce: bool(env, 'DPOP_NONCE', false),
     workers,
