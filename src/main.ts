@@ -17,6 +17,7 @@ import { ClientRegistry } from './clients/registry.ts';
 import { digestSecret, generateSecret } from './clients/secrets.ts';
 import { buildApp, type Lifecycle } from './http/app.ts';
 import { closeManagement, createManagementServer, listenManagement, readiness, type ManagementProbes, type Readiness } from './http/management.ts';
+import { shedLoad } from './http/load-shedding.ts';
 import { createServer, readTlsMaterial, type Handler, type TlsMaterial } from './http/server.ts';
 import { ensureDevTls } from './keys/dev-tls.ts';
 import { keyEncryption } from './keys/key-encryption.ts';
@@ -238,7 +239,9 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       if (management) closers.push(() => closeManagement(management));
     }
     let handler: Handler = buildApp(deps, current).callback();
-    const server = createServer(settings, (req, res) => handler(req, res), tls);
+    const shedding = shedLoad(settings.maxInFlight, (req, res) => handler(req, res), () => metrics.requestsShed.inc(), logger);
+    metrics.watchInFlight(shedding.inFlight);
+    const server = createServer(settings, shedding.handler, tls);
     // Workers share TLS ticket keys, so a session resumes whichever worker takes the connection.
     const ticketKeys = process.env[TICKET_KEYS_ENV];
     if (ticketKeys && settings.tlsMode === 'direct') (server as HttpsServer).setTicketKeys(Buffer.from(ticketKeys, 'base64'));
