@@ -327,7 +327,7 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     authFailureWindow: integer(env, 'AUTH_FAILURE_WINDOW', 300, 1, 86400),
     databaseTimeout: decimal(env, 'DATABASE_TIMEOUT', 2, 0.1, 60),
     dbOutageGraceSeconds: integer(env, 'DB_OUTAGE_GRACE_SECONDS', 300, 0, 86400),
-    maxInFlight: integer(env, 'MAX_IN_FLIGHT', 64, 1, 100000),
+    maxInFlight: integer(env, 'MAX_IN_FLIGHT', 128, 1, 100000),
     dpopNonce: bool(env, 'DPOP_NONCE', false),
     workers,
     logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const),

@@ -116,7 +116,10 @@ function guardPool(db: Knex): void {
       return connection;
     } catch (err) {
       if (!isOutage(err)) throw err;
-      databaseFailed();
+      // Every connection busy for DATABASE_TIMEOUT refuses this query only: a burst can fill
+      // the pool while the database answers. A database that does not answer shows in the
+      // statements that time out and the connections that cannot be made.
+      if ((err as Error).name !== 'KnexTimeoutError') databaseFailed();
       throw new StorageUnavailable(err);
     }
   };
