@@ -119,7 +119,7 @@ function guardPool(db: Knex): void {
       // Every connection busy for DATABASE_TIMEOUT refuses this query only: a burst can fill
       // the pool while the database answers. A database that does not answer shows in the
       // statements that time out and the connections that cannot be made.
-      if ((err as Error).name !== 'KnexTimeoutError') databaseFailed();
+      if (probe || (err as Error).name !== 'KnexTimeoutError') databaseFailed();
       throw new StorageUnavailable(err);
     }
   };
