@@ -17,6 +17,7 @@ import { ClientRegistry } from './clients/registry.ts';
 import { digestSecret, generateSecret } from './clients/secrets.ts';
 import { buildApp, type Lifecycle } from './http/app.ts';
 import { closeManagement, createManagementServer, listenManagement, readiness, type ManagementProbes, type Readiness } from './http/management.ts';
+import { shedLoad } from './http/load-shedding.ts';
 import { createServer, readTlsMaterial, type Handler, type TlsMaterial } from './http/server.ts';
 import { ensureDevTls } from './keys/dev-tls.ts';
 import { keyEncryption } from './keys/key-encryption.ts';
@@ -150,6 +151,22 @@ async function startManagement(settings: Settings, logger: Logger, probes: Manag
   return server;
 }
 
+/** Past this much of the 10 s a stop may take, what has not closed is left to the exit. */
+const CLOSING_MS = 8000;
+/** The longest one closer may take: one stuck on a hung database must not keep the others from closing. */
+const CLOSER_MS = 2000;
+
+/** Runs the closers last-opened first, each for at most CLOSER_MS and none past `until`. */
+async function closeAll(closers: (() => Promise<void>)[], until: number): Promise<void> {
+  for (const close of closers.reverse()) {
+    const left = Math.min(CLOSER_MS, until - Date.now());
+    if (left <= 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([close().catch(() => {}), new Promise((done) => { timer = setTimeout(done, left); })]);
+    clearTimeout(timer);
+  }
+}
+
 /** One server process: everything from the client registry to the listener. */
 async function serve(settings: Settings, database: OpenDatabase, logger: Logger): Promise<void> {
   const closers: (() => Promise<void>)[] = [() => database.close()];
@@ -202,7 +219,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
     const deps = {
       settings, registry, issuers, issuerKeys, replay, revocations, logger, certificates, bruteForce, metrics, lifecycle, dpopNonceSecret,
       pingDatabase: async () => {
-        await database.db.raw('select 1').timeout(2000);
+        await database.db.raw('select 1').timeout(settings.databaseTimeout * 1000);
         databaseAnswered();
       },
     };
@@ -222,7 +239,9 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       if (management) closers.push(() => closeManagement(management));
     }
     let handler: Handler = buildApp(deps, current).callback();
-    const server = createServer(settings, (req, res) => handler(req, res), tls);
+    const shedding = shedLoad(settings.maxInFlight, (req, res) => handler(req, res), () => metrics.requestsShed.inc(), logger);
+    metrics.watchInFlight(shedding.inFlight);
+    const server = createServer(settings, shedding.handler, tls);
     // Workers share TLS ticket keys, so a session resumes whichever worker takes the connection.
     const ticketKeys = process.env[TICKET_KEYS_ENV];
     if (ticketKeys && settings.tlsMode === 'direct') (server as HttpsServer).setTicketKeys(Buffer.from(ticketKeys, 'base64'));
@@ -303,7 +322,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
         clearInterval(waitForQuiet);
         server.close(() => {
           void (async () => {
-            for (const close of closers.reverse()) await close().catch(() => {});
+            await closeAll(closers, started + CLOSING_MS);
             logger.info({}, 'stopped');
             logger.flush(() => process.exit(0));
           })();

@@ -15,6 +15,9 @@ export interface Metrics {
   clientCache: Counter<'result'>;
   logLinesDropped: Counter;
   revocationsLearnt: Counter<'source'>;
+  requestsShed: Counter;
+  /** Requests being answered, read at each collection. */
+  watchInFlight(count: () => number): void;
   /** The revocation list the gauges read at each collection (in every worker). */
   watchRevocations(state: () => { size: number; behindSeconds: number }): void;
   /** The published signing keys, read at each collection. */
@@ -48,6 +51,13 @@ export function createMetrics(): Metrics {
   let revocationState: (() => { size: number; behindSeconds: number }) | undefined;
   let keyState: (() => { kid: string; state: string; ageSeconds: number }[]) | undefined;
   let poolState: (() => { used: number; free: number; pending: number }) | undefined;
+  let inFlightCount: (() => number) | undefined;
+  new Gauge({
+    name: 'm2m_requests_in_flight', help: 'Requests this process is answering now (MAX_IN_FLIGHT caps it)', registers: [registry],
+    collect() {
+      if (inFlightCount) this.set(inFlightCount());
+    },
+  });
   new Gauge({
     name: 'm2m_revoked_tokens', help: 'Unexpired revoked tokens in this process\'s revocation list', registers: [registry],
     collect() {
@@ -105,6 +115,10 @@ export function createMetrics(): Metrics {
     watchPool(stats) {
       poolState = stats;
     },
+    watchInFlight(count) {
+      inFlightCount = count;
+    },
+    requestsShed: new Counter({ name: 'm2m_requests_shed_total', help: 'Requests refused with 503 at once because MAX_IN_FLIGHT requests were being answered (overload)', registers: [registry] }),
     logLinesDropped: new Counter({ name: 'm2m_log_lines_dropped_total', help: 'Log lines dropped because stdout was not read for as long as LOG_BUFFER_KB lasts, or was closed (a token whose line is dropped is withheld)', registers: [registry] }),
     clientCache: new Counter({ name: 'm2m_client_cache_lookups_total', help: 'Client lookups by cache result (hit, miss, stale during an outage)', labelNames: ['result'], registers: [registry] }),
   };

@@ -79,6 +79,18 @@ export interface Settings {
   authFailureAddressLimit: number;
   /** AUTH_FAILURE_WINDOW: seconds over which failures are counted; a blocked key waits out the window. */
   authFailureWindow: number;
+  /**
+   * DATABASE_TIMEOUT: seconds a request may wait for the database, for a connection and for
+   * a statement each; past it the request gets 503 with Retry-After, and for a moment
+   * every query fails at once (one probes) instead of waiting too.
+   */
+  databaseTimeout: number;
+  /**
+   * MAX_IN_FLIGHT: requests one process answers at once; past it a new one gets 503 with
+   * Retry-After at once instead of waiting (health probes excepted). It bounds latency
+   * under overload: a request waits for about MAX_IN_FLIGHT / throughput.
+   */
+  maxInFlight: number;
   /** DB_OUTAGE_GRACE_SECONDS: while the database is unreachable, a client fetched this recently keeps getting tokens. */
   dbOutageGraceSeconds: number;
   /**
@@ -313,7 +325,9 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     authFailureLimit: integer(env, 'AUTH_FAILURE_LIMIT', 10, 1, 100000),
     authFailureAddressLimit: integer(env, 'AUTH_FAILURE_ADDRESS_LIMIT', 100, 1, 1000000),
     authFailureWindow: integer(env, 'AUTH_FAILURE_WINDOW', 300, 1, 86400),
+    databaseTimeout: decimal(env, 'DATABASE_TIMEOUT', 2, 0.1, 60),
     dbOutageGraceSeconds: integer(env, 'DB_OUTAGE_GRACE_SECONDS', 300, 0, 86400),
+    maxInFlight: integer(env, 'MAX_IN_FLIGHT', 128, 1, 100000),
     dpopNonce: bool(env, 'DPOP_NONCE', false),
     workers,
     logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const),

@@ -6,6 +6,8 @@ import { join } from 'node:path';
 
 import knexFactory, { type Knex } from 'knex';
 
+import { admitQuery, databaseAnswered, databaseFailed, isOutage, setDatabaseDeadline, StorageUnavailable } from './errors.ts';
+
 // PGlite is loaded only when it is used: a server on PostgreSQL does not carry it.
 const require = createRequire(import.meta.url);
 
@@ -17,6 +19,8 @@ export interface DatabaseOptions {
   migrationsDir: string;
   /** Pool size for a PostgreSQL server; PGlite always has one connection. */
   poolMax?: number;
+  /** DATABASE_TIMEOUT in seconds: the longest wait for a connection, and for a statement. */
+  databaseTimeout?: number;
   /** Where knex's own warnings go (otherwise the console). */
   logger?: { warn(obj: object, msg: string): void; debug(obj: object, msg: string): void };
 }
@@ -34,12 +38,16 @@ export function knexConfig(options: DatabaseOptions): Knex.Config {
     debug: (message: unknown) => options.logger!.debug({ detail: String(message) }, 'database debug'),
   };
   if (options.databaseUrl) {
+    const ms = Math.round((options.databaseTimeout ?? 2) * 1000);
     return {
       ...(log ? { log } : {}),
       client: 'pg',
-      connection: { connectionString: options.databaseUrl, statement_timeout: 3000, query_timeout: 4000, connectionTimeoutMillis: 3000 },
-      pool: { min: 0, max: options.poolMax ?? 10, acquireTimeoutMillis: 3000 },
-      acquireConnectionTimeout: 3000,
+      // The server gives up a statement at `ms` and says so, leaving the connection usable;
+      // the client's own limit, a little later, is for a database that does not answer at
+      // all, and the connection it leaves is dropped (guardPool).
+      connection: { connectionString: options.databaseUrl, statement_timeout: ms, query_timeout: ms + STATEMENT_SLACK_MS, connectionTimeoutMillis: ms },
+      pool: { min: 0, max: options.poolMax ?? 10 },
+      acquireConnectionTimeout: ms,
       migrations,
     };
   }
@@ -73,6 +81,61 @@ function lockEmbedded(dataDir: string): () => void {
   return () => rmSync(lockFile, { force: true });
 }
 
+/** How much later than the server's statement_timeout the client stops waiting for an answer. */
+const STATEMENT_SLACK_MS = 250;
+
+interface PooledConnection {
+  /** pg: false while a statement is unanswered (a timed-out one included). */
+  readyForQuery?: boolean;
+  __knex__disposed?: unknown;
+  /** pg: with a statement unanswered, closes the socket at once. */
+  end?(): Promise<void>;
+}
+
+interface PoolingClient {
+  acquireConnection(): Promise<PooledConnection>;
+  releaseConnection(connection: PooledConnection): Promise<unknown>;
+}
+
+/**
+ * Every connection taken from the pool, by knex or by a library given the knex instance (the
+ * brute-force limiter takes its own), passes here: the fail-fast of errors.ts covers every
+ * query, and a connection whose statement never answered is dropped instead of going back
+ * to the pool, where the next query would wait behind the lost answer.
+ */
+function guardPool(db: Knex): void {
+  const client = db.client as PoolingClient;
+  const acquire = client.acquireConnection.bind(client);
+  const release = client.releaseConnection.bind(client);
+  const probes = new WeakSet<PooledConnection>();
+  client.acquireConnection = async () => {
+    const probe = admitQuery();
+    try {
+      const connection = await acquire();
+      if (probe) probes.add(connection);
+      return connection;
+    } catch (err) {
+      if (!isOutage(err)) throw err;
+      // Every connection busy for DATABASE_TIMEOUT refuses this query only: a burst can fill
+      // the pool while the database answers. A database that does not answer shows in the
+      // statements that time out and the connections that cannot be made.
+      if (probe || (err as Error).name !== 'KnexTimeoutError') databaseFailed();
+      throw new StorageUnavailable(err);
+    }
+  };
+  client.releaseConnection = (connection) => {
+    if (connection.readyForQuery === false || connection.__knex__disposed) {
+      // The pool destroys a disposed connection rather than hand it out again.
+      connection.__knex__disposed ??= 'a statement did not answer in time';
+      if (connection.readyForQuery === false) connection.end?.().catch(() => {});
+      databaseFailed();
+    } else if (probes.delete(connection)) {
+      databaseAnswered();
+    }
+    return release(connection);
+  };
+}
+
 export interface OpenDatabase {
   db: Database;
   embedded: boolean;
@@ -83,6 +146,8 @@ export interface OpenDatabase {
 export function openDatabase(options: DatabaseOptions): OpenDatabase {
   if (options.databaseUrl) {
     const db = knexFactory(knexConfig(options));
+    guardPool(db);
+    setDatabaseDeadline(Math.round((options.databaseTimeout ?? 2) * 1000) + STATEMENT_SLACK_MS);
     return { db, embedded: false, close: () => db.destroy() };
   }
   const unlock = lockEmbedded(options.dataDir);

@@ -7,7 +7,9 @@
 // the next (group commit). Alone, a claim goes at the end of its turn of the event loop, as
 // soon as it would one by one; under load a batch holds every claim made during the round
 // trip before, and the database's work per claim (most of what a single-use jti costs a
-// DPoP proof or a client assertion) shrinks as the load grows.
+// DPoP proof or a client assertion) shrinks as the load grows. A claim waits at most
+// DATABASE_TIMEOUT in all, the batch before its own included: a stuck batch holds the
+// claims behind it no longer than that.
 import { hash } from 'node:crypto';
 
 import type { Database } from './database.ts';
@@ -19,6 +21,8 @@ const MAX_BATCH = 500;
 interface Claim {
   id: string;
   exp: number;
+  /** When it was asked for (ms): its wait, queueing included, is bounded from here. */
+  at: number;
   settle: (won: boolean | Error) => void;
 }
 
@@ -36,7 +40,7 @@ export class ReplayStore {
   claim(key: string, expiresAt: number): Promise<boolean> {
     const id = hash('sha256', key, 'base64url');
     return new Promise((resolve, reject) => {
-      this.#waiting.push({ id, exp: expiresAt, settle: (won) => (won instanceof Error ? reject(won) : resolve(won)) });
+      this.#waiting.push({ id, exp: expiresAt, at: Date.now(), settle: (won) => (won instanceof Error ? reject(won) : resolve(won)) });
       if (!this.#busy) {
         this.#busy = true;
         setImmediate(() => {
@@ -77,7 +81,7 @@ export class ReplayStore {
         'INSERT INTO replay_detection (id, expires_at) SELECT id, to_timestamp(exp) FROM json_to_recordset(?::json) AS t(id text, exp float8) '
         + 'ON CONFLICT (id) DO NOTHING RETURNING id',
         [rows],
-      ));
+      ), batch[0]!.at);
       const inserted = new Set((result as { rows: { id: string }[] }).rows.map((row) => row.id));
       for (const [id, claim] of first) claim.settle(inserted.has(id));
     } catch (err) {

@@ -127,8 +127,8 @@ export class RevocationStore {
 
   /**
    * Reads what was revoked recently (or, after a gap or at first, everything in force).
-   * Not through query(): a slow poll must not put the whole process into fail-fast mode;
-   * it only leaves the copy stale, which lookups then notice. A poll that runs too long is
+   * Not through query(): a failed poll only leaves the copy stale, which lookups then
+   * notice (a statement that never answers still makes the pool fail fast, as any does). A poll that runs too long is
    * cancelled in the database, and polls never overlap.
    */
   async #catchUp(): Promise<void> {

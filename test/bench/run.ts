@@ -197,11 +197,116 @@ async function setup(): Promise<{ workspace: Workspace; secrets: Record<string, 
   };
 }
 
+/** Basic clients the overload runs spread their requests over. */
+const OVERLOAD_CLIENTS = 8;
+const OVERLOAD_SECONDS = Number(process.env.BENCH_OVERLOAD_SECONDS ?? 20);
+/** Under one process's MAX_CONNECTIONS_PER_ADDRESS (256): every connection comes from 127.0.0.1. */
+const OVERLOAD_CONNECTIONS = 250;
+/** A caller that has waited this long has given up (seconds), as the issue's measurement did. */
+const CLIENT_TIMEOUT = 10;
+
+interface OverloadMeasure {
+  name: string;
+  /** Tokens/s with 16 connections, closed loop: what the server answers at best. */
+  capacity: number;
+  /** The rate offered in the overload run: 3 × capacity. */
+  offered: number;
+  /** Tokens/s (200s) during it. */
+  goodput: number;
+  goodput_vs_capacity: number;
+  /** p99 of the 200s only (ms): the refusals are fast and would hide the waits. */
+  p99_ok_ms: number;
+  shed_503: number;
+  other_non_2xx: number;
+  errors_or_timeouts: number;
+}
+
+/**
+ * Capacity with a closed loop, then 3 × capacity offered as a fixed rate (open loop) over
+ * many connections for OVERLOAD_SECONDS. Requests go over OVERLOAD_CLIENTS client ids:
+ * today's brute-force limits count per client id too (the bench raises them for now), and
+ * spread over several ids they cannot take part in the result.
+ */
+async function overloadRun(name: string, url: string, auths: string[], tls: { ca: Buffer }): Promise<OverloadMeasure> {
+  let next = 0;
+  const requests = [{ method: 'POST' as const, body: GRANT, setupRequest: (request: autocannon.Request) => ({ ...request, headers: { ...FORM, authorization: auths[next++ % auths.length]! } }) }];
+  await autocannon({ url, tlsOptions: tls, requests, connections: CONNECTIONS, duration: 3 });
+  const capacityRun = await autocannon({ url, tlsOptions: tls, requests, connections: CONNECTIONS, duration: SECONDS });
+  const capacity = Math.round(capacityRun['2xx'] / SECONDS);
+  const offered = 3 * capacity;
+  const okTimes: number[] = [];
+  const statuses = new Map<number, number>();
+  const result = await new Promise<autocannon.Result>((done, fail) => {
+    const instance = autocannon({
+      url, tlsOptions: tls, requests, connections: OVERLOAD_CONNECTIONS, overallRate: offered, duration: OVERLOAD_SECONDS, timeout: CLIENT_TIMEOUT,
+    }, (err, finished) => (err ? fail(err) : done(finished)));
+    instance.on('response', (_client, status, _bytes, ms) => {
+      statuses.set(status, (statuses.get(status) ?? 0) + 1);
+      if (status === 200) okTimes.push(ms);
+    });
+  });
+  okTimes.sort((a, b) => a - b);
+  const ok = statuses.get(200) ?? 0;
+  const shed = statuses.get(503) ?? 0;
+  const measure: OverloadMeasure = {
+    name,
+    capacity,
+    offered,
+    goodput: Math.round(ok / OVERLOAD_SECONDS),
+    goodput_vs_capacity: Math.round((ok / OVERLOAD_SECONDS / capacity) * 100) / 100,
+    p99_ok_ms: okTimes.length ? Math.round(okTimes[Math.min(okTimes.length - 1, Math.floor(okTimes.length * 0.99))]!) : 0,
+    shed_503: shed,
+    other_non_2xx: [...statuses].reduce((n, [status, count]) => n + (status !== 200 && status !== 503 ? count : 0), 0),
+    errors_or_timeouts: result.errors + result.timeouts,
+  };
+  log(`  ${name}: capacity ${capacity}/s; at ${offered}/s offered: goodput ${measure.goodput}/s (${measure.goodput_vs_capacity} × capacity), p99 of the 200s ${measure.p99_ok_ms} ms, ${shed} × 503, ${measure.other_non_2xx} other non-2xx, ${measure.errors_or_timeouts} errors or timeouts`);
+  return measure;
+}
+
+/** The overload runs: one pinned process, then WORKERS=2 on every core. */
+async function overloadRuns(workspace: Workspace, tls: { ca: Buffer }): Promise<OverloadMeasure[]> {
+  log(`overload: capacity, then 3 × capacity for ${OVERLOAD_SECONDS} s over ${OVERLOAD_CONNECTIONS} connections (client timeout ${CLIENT_TIMEOUT} s)`);
+  const auths: string[] = [];
+  for (let i = 0; i < OVERLOAD_CLIENTS; i += 1) {
+    const id = `bench-overload-${i}`;
+    auths.push(basicHeader(id, (await addClient(workspace, id, ['--auth', 'client_secret_basic', '--audience', API])).client_secret!));
+  }
+  const measures: OverloadMeasure[] = [];
+  const only = process.env.BENCH_OVERLOAD_RUNS ?? 'one,two';
+  // BENCH_MAX_IN_FLIGHT: try another limit than the default.
+  const limit: Record<string, string> = process.env.BENCH_MAX_IN_FLIGHT ? { MAX_IN_FLIGHT: process.env.BENCH_MAX_IN_FLIGHT } : {};
+  const one = await startServer(workspace, limit, { prefix: SERVER_CORE, discardOutput: true });
+  try {
+    if (only.includes('one')) measures.push(await overloadRun('one process', `${one.issuer}/token`, auths, tls));
+  } finally {
+    await one.stop();
+  }
+  const allCores = hasTaskset ? ['taskset', '-c', `0-${cpus().length - 1}`] : [];
+  const two = await startServer(workspace, { ...limit, WORKERS: '2' }, { prefix: allCores, discardOutput: true });
+  try {
+    if (only.includes('two')) measures.push(await overloadRun('WORKERS=2 (the load generator shares core 1)', `${two.issuer}/token`, auths, tls));
+  } finally {
+    await two.stop();
+  }
+  return measures;
+}
+
 async function main(): Promise<void> {
   log(`m2m-oauth-server benchmark: ${CONNECTIONS} connections, ${SECONDS} s per run, ${ROUNDS} rounds in turns${hasTaskset ? ', servers on core 0, load on core 1' : ', unpinned (no taskset)'}`);
   const { workspace, secrets, jwtKeys, mtls } = await setup();
   const ca = readFileSync(join(workspace.keysDir, 'dev-ca.crt'));
   const results: Record<string, unknown> = {};
+  // BENCH_ONLY=overload: the overload runs alone (results/overload.json).
+  if (process.env.BENCH_ONLY === 'overload') {
+    try {
+      const overload = await overloadRuns(workspace, { ca });
+      writeFileSync(join(RESULTS, 'overload.json'), `${JSON.stringify({ date: new Date().toISOString(), machine: machineInfo(), overload }, null, 2)}\n`);
+      process.stdout.write(overloadTable(overload));
+    } finally {
+      await workspace.remove();
+    }
+    return;
+  }
 
   log('RSA-2048 ceiling on the server core');
   const ceilingOut = execFileSync(SERVER_CORE[0] ?? process.execPath, [...SERVER_CORE.slice(1), ...(SERVER_CORE.length ? [process.execPath] : []), join(ROOT, 'test', 'bench', 'rsa-ceiling.ts'), '3'], { encoding: 'utf8' });
@@ -360,11 +465,13 @@ async function main(): Promise<void> {
     const twoWorkers = await load('ours, Basic, WORKERS=2', twoBasic);
     await two.stop();
 
+    const overload = await overloadRuns(workspace, tls);
+
     const round2 = (x: number) => Math.round(x * 100) / 100;
     const ratio = (a: number, b: number) => round2(a / b);
     Object.assign(results, {
       date: new Date().toISOString(),
-      machine: { cpu: cpus()[0]?.model, cores: cpus().length, memory_gb: Math.round(totalmem() / 2 ** 30), node: process.version, pinned: hasTaskset },
+      machine: machineInfo(),
       settings: { connections: CONNECTIONS, seconds_per_run: SECONDS, rounds: ROUNDS, pairs: PAIRS, seconds_per_pair_run: PAIR_SECONDS },
       ceiling,
       runs: { base, basic, dpop, dpop_rs256: dpopRs, jwt, jwt_rs256: jwtRs, federated, mtls: mtlsRun, mtls_reconnect: mtlsReconnect, jwks, introspection, two_workers: twoWorkers, rounds },
@@ -389,6 +496,7 @@ async function main(): Promise<void> {
         introspection_vs_rsa_ceiling: ratio(introspection.requests_per_second, ceiling.signatures_per_second),
         two_workers_vs_one: ratio(twoWorkers.requests_per_second, basic.requests_per_second),
       },
+      overload,
       memory_mb: { idle: idleRss, after_warmup: rssAfterWarm, after_all: rssAfterAll, peak: peakRss, tokens: MEMORY_TOKENS, warmup_tokens: warm, live_heap_before: heapBefore, live_heap_after: heapAfter },
     });
   } finally {
@@ -407,6 +515,22 @@ interface Report {
   runs: Record<'base' | 'basic' | 'dpop' | 'dpop_rs256' | 'jwt' | 'jwt_rs256' | 'federated' | 'mtls' | 'mtls_reconnect' | 'jwks' | 'introspection' | 'two_workers', Measure> & { rounds: unknown };
   ratios: Record<string, number>;
   memory_mb: Record<string, number>;
+  overload: OverloadMeasure[];
+}
+
+function machineInfo(): Report['machine'] {
+  return { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, memory_gb: Math.round(totalmem() / 2 ** 30), node: process.version, pinned: hasTaskset };
+}
+
+function overloadTable(runs: OverloadMeasure[]): string {
+  return [
+    `Overload: 3 × capacity offered for ${OVERLOAD_SECONDS} s over ${OVERLOAD_CONNECTIONS} connections, client timeout ${CLIENT_TIMEOUT} s.`,
+    '',
+    '| run | capacity tokens/s | offered/s | goodput tokens/s | goodput / capacity | p99 of the 200s ms | 503 | other non-2xx | errors, timeouts |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...runs.map((r) => `| ${r.name} | ${r.capacity} | ${r.offered} | ${r.goodput} | ${r.goodput_vs_capacity} | ${r.p99_ok_ms} | ${r.shed_503} | ${r.other_non_2xx} | ${r.errors_or_timeouts} |`),
+    '',
+  ].join('\n');
 }
 
 function writeReports(report: Report): void {
@@ -432,6 +556,7 @@ function writeReports(report: Report): void {
     `Memory (RSS): idle ${memory.idle} MB, after ${memory.warmup_tokens} tokens ${memory.after_warmup} MB, after ${memory.tokens} tokens ${memory.after_all} MB (peak ${memory.peak} MB). `
       + `Live JavaScript heap (after a full collection): ${memory.live_heap_before} MB, then ${memory.live_heap_after} MB after ${memory.tokens} more tokens.`,
     '',
+    overloadTable(report.overload),
   ].join('\n');
   writeFileSync(join(RESULTS, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
   writeFileSync(join(RESULTS, 'latest.md'), md);
