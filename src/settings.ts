@@ -88,7 +88,9 @@ export interface Settings {
   /**
    * MAX_IN_FLIGHT: requests one process answers at once; past it a new one gets 503 with
    * Retry-After at once instead of waiting (health probes excepted). It bounds latency
-   * under overload: a request waits for about MAX_IN_FLIGHT / throughput.
+   * under overload: a request waits for about MAX_IN_FLIGHT / throughput. The default is
+   * MAX_CONNECTIONS_PER_ADDRESS's: one address's burst (one request per connection) is
+   * never shed on its own.
    */
   maxInFlight: number;
   /** DB_OUTAGE_GRACE_SECONDS: while the database is unreachable, a client fetched this recently keeps getting tokens. */
@@ -327,7 +329,7 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     authFailureWindow: integer(env, 'AUTH_FAILURE_WINDOW', 300, 1, 86400),
     databaseTimeout: decimal(env, 'DATABASE_TIMEOUT', 2, 0.1, 60),
     dbOutageGraceSeconds: integer(env, 'DB_OUTAGE_GRACE_SECONDS', 300, 0, 86400),
-    maxInFlight: integer(env, 'MAX_IN_FLIGHT', 128, 1, 100000),
+    maxInFlight: integer(env, 'MAX_IN_FLIGHT', 256, 1, 100000),
     dpopNonce: bool(env, 'DPOP_NONCE', false),
     workers,
     logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const),
