@@ -58,11 +58,25 @@ export interface BruteForce {
 }
 
 const ATTEMPTS = Symbol('attempts');
+const CLIENTS = Symbol('clients');
 
-/** Keeps an admitted attempt with the request (its `ctx.state`) until the outcome is known. */
-export function holdAttempt(state: object, attempt: Attempt): void {
-  const held = state as { [ATTEMPTS]?: Attempt[] };
+/**
+ * Keeps an admitted attempt with the request (its `ctx.state`) until the outcome is known;
+ * `clientId` when it was admitted for that client id.
+ */
+export function holdAttempt(state: object, attempt: Attempt, clientId?: string): void {
+  const held = state as { [ATTEMPTS]?: Attempt[]; [CLIENTS]?: Set<string> };
   (held[ATTEMPTS] ??= []).push(attempt);
+  if (clientId !== undefined) (held[CLIENTS] ??= new Set()).add(clientId);
+}
+
+/**
+ * Whether the request holds an attempt for this client id already: the engine may look one
+ * client up twice in a request (a caller introspecting its own token), and a second
+ * attempt would wait for the first, which the request itself holds.
+ */
+export function holdsClient(state: object, clientId: string): boolean {
+  return (state as { [CLIENTS]?: Set<string> })[CLIENTS]?.has(clientId) ?? false;
 }
 
 /** Settles every attempt the request holds, from the answer's status. */

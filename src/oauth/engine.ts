@@ -11,7 +11,7 @@ import type { KeySet } from '../keys/signing-keys.ts';
 import type { Settings } from '../settings.ts';
 import type { Logger } from '../log.ts';
 import { DPOP_ALGS, dpopFeature, useDpop } from './bindings/dpop.ts';
-import { holdAttempt, type BruteForce } from './brute-force.ts';
+import { holdAttempt, holdsClient, type BruteForce } from './brute-force.ts';
 import type { CertificateHooks } from './client-certificates.ts';
 import { useRemoteJwks } from './jwks-uri.ts';
 import { RsaSigningKey } from './signing-key.ts';
@@ -297,7 +297,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
     if (typeof id !== 'string' || !CLIENT_ID_PATTERN.test(id)) return undefined;
     const ctx = Provider.ctx as { state?: { address?: string }; set?: (name: string, value: string) => void } | undefined;
     const address = ctx?.state?.address;
-    if (bruteForce && address) {
+    if (bruteForce && address && !holdsClient(ctx.state!, id)) {
       const admitted = bruteForce.admitClient(address, id);
       const admission = 'then' in admitted ? await admitted : admitted;
       if ('refused' in admission) {
@@ -305,7 +305,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
         throw new TooManyAttempts(admission.refused);
       }
       if ('busy' in admission) throw new TemporarilyUnavailable();
-      holdAttempt(ctx.state!, admission.attempt);
+      holdAttempt(ctx.state!, admission.attempt, id);
     }
     const record = await lookUp(registry, id);
     if (!record) return undefined;
