@@ -20,6 +20,9 @@ export function clientId(value: string): string {
 }
 
 export function absoluteUri(flag: string, value: string, httpsOnly = false): string {
+  // URL.parse drops or percent-encodes what the raw string keeps (line terminators among
+  // them), and the raw string is what gets registered: so only printable ASCII is accepted.
+  if (!/^[\x21-\x7E]+$/.test(value)) throw new InputError(`${flag} ${JSON.stringify(value)} must be printable ASCII without spaces: percent-encode anything else`);
   const url = URL.parse(value);
   if (!url || !/^[a-z][a-z0-9+.-]*:/i.test(value) || url.hash) {
     throw new InputError(`${flag} ${JSON.stringify(value)} is not an absolute URI without a fragment`);
