@@ -11,6 +11,7 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpsServer, type Server } from 'node:https';
 import { join } from 'node:path';
 
+import fc from 'fast-check';
 import { createRemoteJWKSet, customFetch, exportJWK, generateKeyPair, jwtVerify, SignJWT, type CryptoKey, type JWK } from 'jose';
 import { fetch as undiciFetch } from 'undici';
 
@@ -341,6 +342,33 @@ describe('every bad external token is 401 invalid_client, the reason in the log 
     expect(await refused(await jwtSvid({ sub: 'spiffe://other.example/ns/payments/sa/api' }), JWT_SPIFFE)).toMatchObject({
       reason: 'no trusted issuer for the SPIFFE ID\'s trust domain', subject: 'spiffe://other.example/ns/payments/sa/api',
     });
+  });
+
+  test('NUL or a lone surrogate in iss or sub: refused before any query, as a failed authentication', async () => {
+    const before = server.output().length;
+    for (const claims of [{ iss: `${base}/gha`, sub: 'repo:acme/app\u0000' }, { iss: `${base}/gha\u0000`, sub: GHA_SUBJECT }, { iss: `${base}/gha`, sub: 'repo:\ud800' }]) {
+      const token = await externalToken(gha, { ...claims, aud: GHA_AUDIENCE });
+      expect((await refused(token)).reason).toBe('the external token\'s iss or sub holds characters no issuer or subject can have');
+    }
+    expect(server.output().slice(before)).not.toMatch(/"level":50/);
+  });
+
+  test('fuzz: arbitrary iss and sub never get a 5xx', async () => {
+    const before = server.output().length;
+    const anything = fc.string({ unit: 'binary', maxLength: 40 });
+    const iss = fc.oneof(anything, fc.constantFrom(`${base}/gha`, `${base}/k8s`, 'spiffe://example.org'), anything.map((a) => `${base}/gha${a}`));
+    const sub = fc.oneof(anything, anything.map((a) => `${GHA_SUBJECT}${a}`), anything.map((a) => `${SPIFFE_ID}${a}`), anything.map((a) => `${K8S_SUBJECT}${a}`));
+    const answered = new Map<number, number>();
+    await fc.assert(fc.asyncProperty(iss, sub, fc.constantFrom(JWT_BEARER, JWT_SPIFFE), async (i, s, type) => {
+      const res = await tokenRequest(await externalToken(gha, { iss: i, sub: s, aud: GHA_AUDIENCE }), type);
+      answered.set(res.status, (answered.get(res.status) ?? 0) + 1);
+      expect(res.status).toBeLessThan(500);
+      if (res.status !== 200) expect(res.body).toHaveProperty('error');
+    }), { numRuns: Number(process.env.FUZZ_RUNS ?? 150) });
+    // Every refusal's audit line has arrived, so none is taken for a later test's.
+    const refusals = [...answered].filter(([status]) => status >= 400).reduce((sum, [, n]) => sum + n, 0);
+    await eventually(async () => server.output().slice(before).split('"event":"token.refused"').length - 1 >= refusals, 30_000, 'the refusals are logged');
+    expect(server.output().slice(before)).not.toMatch(/"level":50/);
   });
 
   test('signed by the wrong key (the issuer\'s kid, another key)', async () => {
