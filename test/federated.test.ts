@@ -7,7 +7,7 @@
 // with the reason in the log only.
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpsServer, type Server } from 'node:https';
 import { join } from 'node:path';
 
@@ -32,6 +32,8 @@ const K8S_SUBJECT = 'system:serviceaccount:payments:api';
 const SPIFFE_ID = 'spiffe://example.org/ns/payments/sa/api';
 const GHA_SUBJECT = 'repo:acme/app:ref:refs/heads/main';
 const GHA_AUDIENCE = 'https://m2m.example.test';
+/** The password in a URL an operator registered with user:password@. */
+const URL_SECRET = 'pw-in-url-7f3a';
 
 interface Key {
   key: CryptoKey | KeyObject;
@@ -167,6 +169,13 @@ beforeAll(async () => {
   serveJson('/np/jwks', { keys: [k8s.jwk] });
   await issuer(['add', 'retired', '--issuer', `${base}/retired`, '--jwks', join(workspace.dir, 'static.json')]);
   await issuer(['disable', 'retired']);
+  // Registered before URLs with credentials were refused (the CLI refuses it now): written by hand.
+  writeFileSync(join(workspace.migrationsDir, '29990101000000_issuer_legacy.ts'), `
+export async function up(knex) {
+  await knex('issuers').insert({ name: 'legacy', kind: 'oidc', issuer: '${base}/legacy', jwks_uri: 'https://user:${URL_SECRET}@127.0.0.1:${issuerPort}/legacy/jwks', max_lifetime: 3600, allow_private: true });
+}
+export async function down() {}
+`);
 
   const federated = (id: string, name: string, subject: string, extra: string[] = []) =>
     addClient(workspace, id, ['--auth', 'federated', '--issuer', name, '--subject', subject, '--audience', API, '--scope', 'orders:read', ...extra]);
@@ -176,6 +185,7 @@ beforeAll(async () => {
   await federated('svc-edge', 'edge', 'system:serviceaccount:edge:worker');
   await federated('svc-np', 'public-only', 'system:serviceaccount:np:np');
   await federated('svc-retired', 'retired', 'system:serviceaccount:old:old');
+  await federated('svc-legacy', 'legacy', 'legacy-workload');
   await addClient(workspace, 'svc-basic', ['--auth', 'client_secret_basic', '--audience', API]);
   await federated('svc-k8s-bound', 'cluster', 'system:serviceaccount:payments:bound', ['--bound']);
   await federated('svc-k8s-dpop', 'cluster', 'system:serviceaccount:payments:dpop', ['--dpop']);
@@ -413,6 +423,15 @@ describe('every bad external token is 401 invalid_client, the reason in the log 
 });
 
 describe('issuer keys', () => {
+  test('a jwks_uri with user:password@ (registered before they were refused) is never fetched, and its password never logged', async () => {
+    serveJson('/legacy/jwks', { keys: [k8s.jwk] });
+    const token = await externalToken(k8s, { iss: `${base}/legacy`, sub: 'legacy-workload' });
+    expect((await refused(token)).reason).toMatch(/carries user:password@, which is never sent/);
+    await server.logLines((l) => l.msg === 'fetching an issuer\'s keys failed' && l.issuer === 'legacy', 1);
+    expect(hits.get('/legacy/jwks')).toBeUndefined();
+    expect(server.output()).not.toContain(URL_SECRET);
+  });
+
   test('an issuer whose keys are on a private address is refused without --allow-private, before connecting', async () => {
     const token = await externalToken(k8s, { iss: `https://localhost:${issuerPort}/np`, sub: 'system:serviceaccount:np:np' });
     expect((await refused(token)).reason).toMatch(/not a public address \(the issuer was added without --allow-private\)/);
@@ -538,4 +557,43 @@ export async function down() {}
       await other.remove();
     }
   });
+
+  test('no URL an operator gives may carry user:password@; rows written before are listed without it', async () => {
+    const other = await createWorkspace();
+    try {
+      const bad = async (script: 'issuer' | 'client', args: string[], message: RegExp) => {
+        const res = await other.cli(script, args);
+        expect([res.code, res.stderr]).toEqual([2, expect.stringMatching(message)]);
+      };
+      // Refused without being echoed.
+      const withPassword = `https://user:${URL_SECRET}@keys.example.test/jwks`;
+      const noCredentials = /^error: --[a-z-]+ "https:\/\/keys.example.test\/jwks" must not carry user:password@/;
+      await bad('issuer', ['add', 'x', '--issuer', withPassword], noCredentials);
+      await bad('issuer', ['add', 'x', '--issuer', 'https://a.example.test', '--jwks-uri', withPassword], noCredentials);
+      await bad('issuer', ['add', 'x', '--issuer', 'https://a.example.test', '--audience', withPassword], noCredentials);
+      await bad('client', ['add', 'c', '--auth', 'private_key_jwt', '--jwks-uri', withPassword, '--audience', API], noCredentials);
+      await bad('client', ['add', 'c', '--auth', 'client_secret_basic', '--audience', `${API},${withPassword}`], noCredentials);
+      await bad('client', ['add', 'c', '--auth', 'client_secret_basic', '--introspect', withPassword], noCredentials);
+      await bad('client', ['add', 'c', '--auth', 'tls_client_auth', '--san-uri', withPassword, '--audience', API], noCredentials);
+      expect(readdirSync(other.migrationsDir).filter((f) => /_(issuer_x|client_c)\.ts$/.test(f))).toEqual([]);
+      // A row registered before credentials in URLs were refused is listed without them.
+      writeFileSync(join(other.migrationsDir, '29990101000000_issuer_legacy.ts'), `
+export async function up(knex) {
+  await knex('issuers').insert({ name: 'legacy', kind: 'oidc', issuer: 'https://user:${URL_SECRET}@legacy.example.test', jwks_uri: 'https://user:${URL_SECRET}@legacy.example.test/jwks', max_lifetime: 3600 });
+}
+export async function down() {}
+`);
+      expect((await other.cli('migrate', ['latest'])).code).toBe(0);
+      const list = await other.cli('issuer', ['list', '--json']);
+      expect(list.code).toBe(0);
+      expect(JSON.parse(list.stdout)).toEqual([
+        expect.objectContaining({ name: 'legacy', issuer: 'https://legacy.example.test', keys: 'https://legacy.example.test/jwks' }),
+      ]);
+      const text = await other.cli('issuer', ['list']);
+      expect(`${list.stdout}${text.stdout}`).not.toContain(URL_SECRET);
+      expect(text.stdout).toMatch(/^legacy {2}oidc {2}enabled {2}https:\/\/legacy.example.test {2}keys=https:\/\/legacy.example.test\/jwks/m);
+    } finally {
+      await other.remove();
+    }
+  }, 300_000);
 });

@@ -10,6 +10,7 @@ import { issuerMigrationFor, writeAddIssuer, writeSetIssuerEnabled, type NewIssu
 import * as check from '../clients/validate.ts';
 import { issuerSigningKeys } from '../oauth/issuer-keys.ts';
 import { openDatabase } from '../storage/database.ts';
+import { withoutUserinfo } from '../url-userinfo.ts';
 import { commandSettings, run, say } from './output.ts';
 
 const settings = commandSettings('issuer');
@@ -107,8 +108,9 @@ program.command('list')
       const rows = issuers.map((i) => ({
         name: i.name,
         kind: i.kind,
-        issuer: i.issuer,
-        keys: i.jwks ? 'jwks' : i.jwksUri ? i.jwksUri : 'discovery',
+        // Rows written before such URLs were refused may still carry credentials.
+        issuer: withoutUserinfo(i.issuer),
+        keys: i.jwks ? 'jwks' : i.jwksUri ? withoutUserinfo(i.jwksUri) : 'discovery',
         audience: i.audience,
         max_lifetime: i.maxLifetime,
         allow_private: i.allowPrivate,

@@ -4,6 +4,7 @@ import { X509Certificate } from 'node:crypto';
 
 import { calculateJwkThumbprint, importJWK, type JWK } from 'jose';
 
+import { hasUserinfo, withoutUserinfo } from '../url-userinfo.ts';
 import { DnSyntaxError, normaliseDn } from './distinguished-name.ts';
 import { signatureKeyRefusal } from './key-policy.ts';
 
@@ -20,14 +21,18 @@ export function clientId(value: string): string {
 }
 
 export function absoluteUri(flag: string, value: string, httpsOnly = false): string {
+  const shown = JSON.stringify(withoutUserinfo(value));
+  // Credentials would be sent with every fetch, stored in a migration and printed by list.
+  if (hasUserinfo(value)) throw new InputError(`${flag} ${shown} must not carry user:password@ (credentials in a URL are refused)`);
   // URL.parse drops or percent-encodes what the raw string keeps (line terminators among
   // them), and the raw string is what gets registered: so only printable ASCII is accepted.
-  if (!/^[\x21-\x7E]+$/.test(value)) throw new InputError(`${flag} ${JSON.stringify(value)} must be printable ASCII without spaces: percent-encode anything else`);
+  if (!/^[\x21-\x7E]+$/.test(value)) throw new InputError(`${flag} ${shown} must be printable ASCII without spaces: percent-encode anything else`);
   const url = URL.parse(value);
   if (!url || !/^[a-z][a-z0-9+.-]*:/i.test(value) || url.hash) {
-    throw new InputError(`${flag} ${JSON.stringify(value)} is not an absolute URI without a fragment`);
+    throw new InputError(`${flag} ${shown} is not an absolute URI without a fragment`);
   }
-  if (httpsOnly && url.protocol !== 'https:') throw new InputError(`${flag} ${JSON.stringify(value)} must be an https:// URL`);
+  if (url.username || url.password) throw new InputError(`${flag} ${shown} must not carry user:password@ (credentials in a URL are refused)`);
+  if (httpsOnly && url.protocol !== 'https:') throw new InputError(`${flag} ${shown} must be an https:// URL`);
   return value;
 }
 

@@ -15,6 +15,7 @@ import type { IssuerRecord } from '../clients/issuers.ts';
 import type { Logger } from '../log.ts';
 import { publicJsonFetch, type JsonFetch } from '../net/public-fetch.ts';
 import { RemoteValue } from '../net/remote-value.ts';
+import { withoutUserinfo } from '../url-userinfo.ts';
 import { CACHE_SECONDS, REFETCH_COOLDOWN_SECONDS, signatureKeys } from './jwks-uri.ts';
 
 export const MIN_CACHE_SECONDS = 30;
@@ -102,7 +103,8 @@ export class IssuerKeys {
     const key = `${issuer.name}\u0000${issuer.allowPrivate}\u0000${source}`;
     let set = this.#sets.get(key);
     if (!set) {
-      set = new RemoteValue(() => this.#load(issuer), (err) => this.#logger?.warn({ issuer: issuer.name, source: source.startsWith('static:') ? 'static' : source, err: err.message }, 'fetching an issuer\'s keys failed'), REFETCH_COOLDOWN_SECONDS);
+      const shown = issuer.jwks ? 'static' : issuer.jwksUri ? `uri:${withoutUserinfo(issuer.jwksUri)}` : `discovery:${withoutUserinfo(issuer.issuer)}`;
+      set = new RemoteValue(() => this.#load(issuer), (err) => this.#logger?.warn({ issuer: issuer.name, source: shown, err: err.message }, 'fetching an issuer\'s keys failed'), REFETCH_COOLDOWN_SECONDS);
       if (this.#sets.size > 1000) this.#sets.clear();
       this.#sets.set(key, set);
     }
