@@ -6,7 +6,7 @@ import { calculateJwkThumbprint, importJWK, type JWK } from 'jose';
 
 import { hasUserinfo, withoutUserinfo } from '../url-userinfo.ts';
 import { DnSyntaxError, normaliseDn } from './distinguished-name.ts';
-import { signatureKeyRefusal } from './key-policy.ts';
+import { keySetRefusal, MAX_CLIENT_KEYS, signatureKeyRefusal } from './key-policy.ts';
 
 export class InputError extends Error {}
 
@@ -77,8 +77,11 @@ export function dnsName(value: string): string {
   return value.toLowerCase();
 }
 
-/** A JWKS of public signing keys only; a private member anywhere refuses the whole set. */
-export async function publicJwks(text: string, source: string): Promise<{ keys: JWK[] }> {
+/**
+ * A JWKS of public signing keys only, at most `maxKeys` of them, no kid twice; a private
+ * member anywhere refuses the whole set.
+ */
+export async function publicJwks(text: string, source: string, maxKeys = MAX_CLIENT_KEYS): Promise<{ keys: JWK[] }> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
@@ -87,6 +90,8 @@ export async function publicJwks(text: string, source: string): Promise<{ keys: 
   }
   const keys = (parsed as { keys?: unknown }).keys;
   if (!Array.isArray(keys) || keys.length === 0) throw new InputError(`${source} must be a JWK Set with at least one key`);
+  const tooMany = keySetRefusal(keys as JWK[], maxKeys);
+  if (tooMany) throw new InputError(`${source} is refused: ${tooMany}`);
   for (const [i, key] of keys.entries()) {
     const jwk = key as JWK;
     if (typeof jwk !== 'object' || jwk === null) throw new InputError(`${source}: key ${i} is not an object`);
@@ -100,6 +105,9 @@ export async function publicJwks(text: string, source: string): Promise<{ keys: 
     }
     jwk.kid ??= await calculateJwkThumbprint(jwk);
   }
+  // Again with the kids given to keys that had none: two copies of one key are one kid.
+  const refusal = keySetRefusal(keys as JWK[], maxKeys);
+  if (refusal) throw new InputError(`${source} is refused: ${refusal}`);
   return { keys: keys as JWK[] };
 }
 

@@ -12,6 +12,7 @@
 import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 
 import type { IssuerRecord } from '../clients/issuers.ts';
+import { boundedKeySet, MAX_ISSUER_KEYS } from '../clients/key-policy.ts';
 import type { Logger } from '../log.ts';
 import { publicJsonFetch, type JsonFetch } from '../net/public-fetch.ts';
 import { RemoteValue } from '../net/remote-value.ts';
@@ -113,8 +114,9 @@ export class IssuerKeys {
   }
 
   async #load(issuer: IssuerRecord): Promise<FetchedKeys> {
+    const skipped = (kid: unknown, reason: string) => this.#logger?.warn({ issuer: issuer.name, kid, reason }, 'an issuer key was ignored');
     const fetched = (keys: Jwk[], hint: number | undefined): FetchedKeys => ({
-      resolver: createLocalJWKSet({ keys } as JSONWebKeySet),
+      resolver: createLocalJWKSet({ keys: boundedKeySet(keys, MAX_ISSUER_KEYS, skipped) } as JSONWebKeySet),
       cacheMs: Math.max(MIN_CACHE_SECONDS, Math.min(CACHE_SECONDS, hint ?? CACHE_SECONDS)) * 1000,
     });
     if (issuer.jwks) return fetched(issuerSigningKeys(issuer.jwks, issuer.kind), MAX_STALE_SECONDS);
@@ -128,7 +130,6 @@ export class IssuerKeys {
       uri = discovery.jwks_uri;
     }
     const body = await fetch(uri);
-    const skipped = (kid: unknown, reason: string) => this.#logger?.warn({ issuer: issuer.name, kid, reason }, 'an issuer key was ignored');
     return fetched(issuerSigningKeys(body, issuer.kind, skipped), refreshHint(body));
   }
 }

@@ -11,7 +11,7 @@
 // kind the key policy refuses (../clients/key-policy.ts) are ignored and logged.
 import type Provider from 'oidc-provider';
 
-import { signatureKeyRefusal } from '../clients/key-policy.ts';
+import { boundedKeySet, MAX_CLIENT_KEYS, signatureKeyRefusal } from '../clients/key-policy.ts';
 import type { Logger } from '../log.ts';
 import { publicJsonFetch } from '../net/public-fetch.ts';
 import { RemoteValue } from '../net/remote-value.ts';
@@ -66,7 +66,7 @@ export function useRemoteJwks(provider: Provider, options: JwksUriOptions, logge
     if (!set) {
       const shown = withoutUserinfo(uri);
       const skipped = (kid: unknown, reason: string) => logger?.warn({ client_id: id, jwks_uri: shown, kid, reason }, 'ignored a key served at a client\'s jwks_uri');
-      set = new RemoteValue(async () => signatureKeys(await fetch(uri), skipped),
+      set = new RemoteValue(async () => boundedKeySet(signatureKeys(await fetch(uri), skipped), MAX_CLIENT_KEYS, skipped),
         (err) => logger?.warn({ client_id: id, jwks_uri: shown, err: err.message }, 'fetching a client\'s jwks_uri failed'),
         REFETCH_COOLDOWN_SECONDS);
       sets.set(uri, set);
