@@ -30,6 +30,7 @@ const NO_LOCKOUT = { AUTH_FAILURE_LIMIT: '100000', AUTH_FAILURE_ADDRESS_LIMIT: '
 const REFETCH_COOLDOWN_MS = 5000;
 const K8S_SUBJECT = 'system:serviceaccount:payments:api';
 const SPIFFE_ID = 'spiffe://example.org/ns/payments/sa/api';
+const STATIC_SPIFFE_ID = 'spiffe://static.example.org/ns/payments/sa/api';
 const GHA_SUBJECT = 'repo:acme/app:ref:refs/heads/main';
 const GHA_AUDIENCE = 'https://m2m.example.test';
 /** The password in a URL an operator registered with user:password@. */
@@ -148,7 +149,8 @@ beforeAll(async () => {
   const x509Svid = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' });
   const spireJwk: JWK = { ...spire.jwk };
   delete spireJwk.alg;
-  serveJson('/spiffe/bundle', { keys: [{ ...x509Svid, use: 'x509-svid', x5c: ['MIIB'] }, { ...spireJwk, use: 'jwt-svid' }], spiffe_refresh_hint: 1, spiffe_sequence: 1 });
+  const bundle = { keys: [{ ...x509Svid, use: 'x509-svid', x5c: ['MIIB'] }, { ...spireJwk, use: 'jwt-svid' }], spiffe_refresh_hint: 1, spiffe_sequence: 1 };
+  serveJson('/spiffe/bundle', bundle);
   serveJson('/gha/.well-known/openid-configuration', { issuer: `${base}/gha`, jwks_uri: `${base}/gha/jwks` });
   serveJson('/gha/jwks', { keys: [gha.jwk] });
 
@@ -161,6 +163,9 @@ beforeAll(async () => {
   };
   await issuer(['add', 'cluster', '--kind', 'kubernetes', '--issuer', `${base}/k8s`, '--allow-private']);
   await issuer(['add', 'spire', '--kind', 'spiffe', '--issuer', 'spiffe://example.org', '--jwks-uri', `${base}/spiffe/bundle`, '--allow-private']);
+  // The same bundle as a file, for another trust domain (one issuer per trust domain).
+  writeFileSync(join(workspace.dir, 'bundle.json'), JSON.stringify(bundle));
+  await issuer(['add', 'spire-static', '--kind', 'spiffe', '--issuer', 'spiffe://static.example.org', '--jwks', join(workspace.dir, 'bundle.json')]);
   await issuer(['add', 'gha', '--issuer', `${base}/gha`, '--audience', GHA_AUDIENCE, '--allow-private', '--max-lifetime', '600']);
   writeFileSync(join(workspace.dir, 'static.json'), JSON.stringify({ keys: [staticKey.jwk] }));
   await issuer(['add', 'edge', '--kind', 'kubernetes', '--issuer', 'https://kubernetes.default.svc.cluster.local', '--jwks', join(workspace.dir, 'static.json')]);
@@ -181,6 +186,7 @@ export async function down() {}
     addClient(workspace, id, ['--auth', 'federated', '--issuer', name, '--subject', subject, '--audience', API, '--scope', 'orders:read', ...extra]);
   await federated('svc-k8s', 'cluster', K8S_SUBJECT, ['--introspect', API]);
   await federated('svc-spiffe', 'spire', SPIFFE_ID);
+  await federated('svc-spiffe-static', 'spire-static', STATIC_SPIFFE_ID);
   await federated('svc-gha', 'gha', GHA_SUBJECT);
   await federated('svc-edge', 'edge', 'system:serviceaccount:edge:worker');
   await federated('svc-np', 'public-only', 'system:serviceaccount:np:np');
@@ -213,7 +219,8 @@ export async function down() {}
     res.end(body);
   });
   await new Promise<void>((done) => issuerServer.listen(issuerPort, '127.0.0.1', done));
-});
+  // About twenty operator commands, each a Node process: minutes on a loaded machine.
+}, 300_000);
 
 afterAll(async () => {
   issuerServer?.closeAllConnections();
@@ -255,6 +262,14 @@ describe('each kind of issuer gets a token for the mapped client', () => {
     const res = await tokenRequest(await jwtSvid(), JWT_SPIFFE);
     expect(res.status).toBe(200);
     expect(await verifiedAccessToken(res.body.access_token)).toMatchObject({ sub: 'svc-spiffe', client_id: 'svc-spiffe' });
+  });
+
+  test('the same JWT-SVIDs with the bundle registered as a file (issuer add --kind spiffe --jwks)', async () => {
+    const res = await tokenRequest(await jwtSvid({ sub: STATIC_SPIFFE_ID }), JWT_SPIFFE);
+    expect(res.status).toBe(200);
+    expect(await verifiedAccessToken(res.body.access_token)).toMatchObject({ sub: 'svc-spiffe-static', client_id: 'svc-spiffe-static' });
+    // A key the bundle does not hold is still refused.
+    expect((await refused(await jwtSvid({ sub: STATIC_SPIFFE_ID }, stranger), JWT_SPIFFE)).reason).toMatch(/no key of issuer spire-static matches/);
   });
 
   test('an OIDC-discovered issuer with its own audience (a CI system) gets a token; the form client_id may name the client', async () => {
@@ -556,7 +571,8 @@ export async function down() {}
     } finally {
       await other.remove();
     }
-  });
+    // A dozen operator commands, each a Node process: over two minutes on a loaded machine.
+  }, 300_000);
 
   test('no URL an operator gives may carry user:password@; rows written before are listed without it', async () => {
     const other = await createWorkspace();

@@ -29,12 +29,13 @@ export class IssuerKeysUnavailable extends Error {}
 /**
  * Signature keys of a JWKS or a SPIFFE trust bundle. A bundle's JWT-SVID keys say `use:
  * jwt-svid` and carry no `alg` (the algorithm follows from kty/crv); X.509-SVID keys are
- * for TLS and are dropped.
+ * for TLS and are dropped. A bundle registered with --jwks is stored as this returns it,
+ * with `use: sig`, and read back through here: so `sig` is a JWT-SVID key too.
  */
 export function issuerSigningKeys(body: unknown, kind: IssuerRecord['kind'], skipped?: (kid: unknown, reason: string) => void): Jwk[] {
   const keys = (body as { keys?: unknown } | null)?.keys;
   if (kind !== 'spiffe' || !Array.isArray(keys)) return signatureKeys(body, skipped);
-  const jwtSvid = keys.filter((k): k is Jwk => typeof k === 'object' && k !== null && (k.use === undefined || k.use === 'jwt-svid'))
+  const jwtSvid = keys.filter((k): k is Jwk => typeof k === 'object' && k !== null && (k.use === undefined || k.use === 'jwt-svid' || k.use === 'sig'))
     .map((k) => ({ ...k, use: 'sig' }));
   return signatureKeys({ keys: jwtSvid }, skipped);
 }
