@@ -7,6 +7,8 @@ import { resolve } from 'node:path';
 
 import ipaddr from 'ipaddr.js';
 
+import { withoutUserinfo } from './url-userinfo.ts';
+
 export class SettingError extends Error {}
 
 type Env = Record<string, string | undefined>;
@@ -263,6 +265,9 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
   }
   if (issuerUrl.protocol !== 'https:') {
     fail('ISSUER', issuer, 'an https:// URL');
+  }
+  if (issuerUrl.username || issuerUrl.password) {
+    fail('ISSUER', withoutUserinfo(issuer), 'a URL without user:password@');
   }
   if (issuerUrl.search || issuerUrl.hash || issuer.endsWith('/')) {
     fail('ISSUER', issuer, 'a URL without query, fragment or trailing slash');

@@ -31,14 +31,14 @@ afterAll(async () => {
 function from(localAddress: string) {
   const agent = new Agent({ keepAlive: true, ca: readFileSync(join(workspace.keysDir, 'dev-ca.crt')), servername: 'localhost' });
   agents.push(agent);
-  return (clientId: string, password: string) => new Promise<{ status: number; retryAfter: string | undefined; body: Record<string, unknown> }>((done, fail) => {
-    const body = 'grant_type=client_credentials';
+  /** Basic credentials, or (clientId undefined) the form `body` carries them. */
+  return (clientId: string | undefined, password: string, body = 'grant_type=client_credentials') => new Promise<{ status: number; retryAfter: string | undefined; body: Record<string, unknown> }>((done, fail) => {
     const req = request({
       host: '127.0.0.1', port: server.port, path: '/token', method: 'POST', agent, localAddress,
       headers: {
         'content-type': 'application/x-www-form-urlencoded',
         'content-length': Buffer.byteLength(body),
-        authorization: `Basic ${Buffer.from(`${clientId}:${password}`).toString('base64')}`,
+        ...(clientId === undefined ? {} : { authorization: `Basic ${Buffer.from(`${clientId}:${password}`).toString('base64')}` }),
       },
     }, (res) => {
       let text = '';
@@ -99,4 +99,15 @@ test('every refusal and every token has its audit line', async () => {
   expect(typeof legit!.jti).toBe('string');
   expect(typeof legit!.kid).toBe('string');
   expect(typeof legit!.latency_ms).toBe('number');
+});
+
+test('an external token with a NUL in its iss is a failed authentication, counted like any other', async () => {
+  const sender = from('127.0.0.6');
+  const part = (value: object) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const assertion = `${part({ alg: 'ES256', kid: 'k' })}.${part({ iss: 'https://issuer.example.test\u0000', sub: 'x', aud: server.issuer, exp: Math.floor(Date.now() / 1000) + 60 })}.c2ln`;
+  const body = new URLSearchParams({ grant_type: 'client_credentials', client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer', client_assertion: assertion }).toString();
+  const statuses: number[] = [];
+  for (let i = 0; i < 9; i += 1) statuses.push((await sender(undefined, '', body)).status);
+  // AUTH_FAILURE_ADDRESS_LIMIT is 8: the ninth attempt from this address is refused outright.
+  expect(statuses).toEqual([...Array(8).fill(401), 429]);
 });

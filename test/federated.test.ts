@@ -7,10 +7,11 @@
 // with the reason in the log only.
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpsServer, type Server } from 'node:https';
 import { join } from 'node:path';
 
+import fc from 'fast-check';
 import { createRemoteJWKSet, customFetch, exportJWK, generateKeyPair, jwtVerify, SignJWT, type CryptoKey, type JWK } from 'jose';
 import { fetch as undiciFetch } from 'undici';
 
@@ -29,8 +30,11 @@ const NO_LOCKOUT = { AUTH_FAILURE_LIMIT: '100000', AUTH_FAILURE_ADDRESS_LIMIT: '
 const REFETCH_COOLDOWN_MS = 5000;
 const K8S_SUBJECT = 'system:serviceaccount:payments:api';
 const SPIFFE_ID = 'spiffe://example.org/ns/payments/sa/api';
+const STATIC_SPIFFE_ID = 'spiffe://static.example.org/ns/payments/sa/api';
 const GHA_SUBJECT = 'repo:acme/app:ref:refs/heads/main';
 const GHA_AUDIENCE = 'https://m2m.example.test';
+/** The password in a URL an operator registered with user:password@. */
+const URL_SECRET = 'pw-in-url-7f3a';
 
 interface Key {
   key: CryptoKey | KeyObject;
@@ -145,7 +149,8 @@ beforeAll(async () => {
   const x509Svid = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' });
   const spireJwk: JWK = { ...spire.jwk };
   delete spireJwk.alg;
-  serveJson('/spiffe/bundle', { keys: [{ ...x509Svid, use: 'x509-svid', x5c: ['MIIB'] }, { ...spireJwk, use: 'jwt-svid' }], spiffe_refresh_hint: 1, spiffe_sequence: 1 });
+  const bundle = { keys: [{ ...x509Svid, use: 'x509-svid', x5c: ['MIIB'] }, { ...spireJwk, use: 'jwt-svid' }], spiffe_refresh_hint: 1, spiffe_sequence: 1 };
+  serveJson('/spiffe/bundle', bundle);
   serveJson('/gha/.well-known/openid-configuration', { issuer: `${base}/gha`, jwks_uri: `${base}/gha/jwks` });
   serveJson('/gha/jwks', { keys: [gha.jwk] });
 
@@ -158,6 +163,9 @@ beforeAll(async () => {
   };
   await issuer(['add', 'cluster', '--kind', 'kubernetes', '--issuer', `${base}/k8s`, '--allow-private']);
   await issuer(['add', 'spire', '--kind', 'spiffe', '--issuer', 'spiffe://example.org', '--jwks-uri', `${base}/spiffe/bundle`, '--allow-private']);
+  // The same bundle as a file, for another trust domain (one issuer per trust domain).
+  writeFileSync(join(workspace.dir, 'bundle.json'), JSON.stringify(bundle));
+  await issuer(['add', 'spire-static', '--kind', 'spiffe', '--issuer', 'spiffe://static.example.org', '--jwks', join(workspace.dir, 'bundle.json')]);
   await issuer(['add', 'gha', '--issuer', `${base}/gha`, '--audience', GHA_AUDIENCE, '--allow-private', '--max-lifetime', '600']);
   writeFileSync(join(workspace.dir, 'static.json'), JSON.stringify({ keys: [staticKey.jwk] }));
   await issuer(['add', 'edge', '--kind', 'kubernetes', '--issuer', 'https://kubernetes.default.svc.cluster.local', '--jwks', join(workspace.dir, 'static.json')]);
@@ -166,15 +174,24 @@ beforeAll(async () => {
   serveJson('/np/jwks', { keys: [k8s.jwk] });
   await issuer(['add', 'retired', '--issuer', `${base}/retired`, '--jwks', join(workspace.dir, 'static.json')]);
   await issuer(['disable', 'retired']);
+  // Registered before URLs with credentials were refused (the CLI refuses it now): written by hand.
+  writeFileSync(join(workspace.migrationsDir, '29990101000000_issuer_legacy.ts'), `
+export async function up(knex) {
+  await knex('issuers').insert({ name: 'legacy', kind: 'oidc', issuer: '${base}/legacy', jwks_uri: 'https://user:${URL_SECRET}@127.0.0.1:${issuerPort}/legacy/jwks', max_lifetime: 3600, allow_private: true });
+}
+export async function down() {}
+`);
 
   const federated = (id: string, name: string, subject: string, extra: string[] = []) =>
     addClient(workspace, id, ['--auth', 'federated', '--issuer', name, '--subject', subject, '--audience', API, '--scope', 'orders:read', ...extra]);
   await federated('svc-k8s', 'cluster', K8S_SUBJECT, ['--introspect', API]);
   await federated('svc-spiffe', 'spire', SPIFFE_ID);
+  await federated('svc-spiffe-static', 'spire-static', STATIC_SPIFFE_ID);
   await federated('svc-gha', 'gha', GHA_SUBJECT);
   await federated('svc-edge', 'edge', 'system:serviceaccount:edge:worker');
   await federated('svc-np', 'public-only', 'system:serviceaccount:np:np');
   await federated('svc-retired', 'retired', 'system:serviceaccount:old:old');
+  await federated('svc-legacy', 'legacy', 'legacy-workload');
   await addClient(workspace, 'svc-basic', ['--auth', 'client_secret_basic', '--audience', API]);
   await federated('svc-k8s-bound', 'cluster', 'system:serviceaccount:payments:bound', ['--bound']);
   await federated('svc-k8s-dpop', 'cluster', 'system:serviceaccount:payments:dpop', ['--dpop']);
@@ -202,7 +219,8 @@ beforeAll(async () => {
     res.end(body);
   });
   await new Promise<void>((done) => issuerServer.listen(issuerPort, '127.0.0.1', done));
-});
+  // About twenty operator commands, each a Node process: minutes on a loaded machine.
+}, 300_000);
 
 afterAll(async () => {
   issuerServer?.closeAllConnections();
@@ -244,6 +262,14 @@ describe('each kind of issuer gets a token for the mapped client', () => {
     const res = await tokenRequest(await jwtSvid(), JWT_SPIFFE);
     expect(res.status).toBe(200);
     expect(await verifiedAccessToken(res.body.access_token)).toMatchObject({ sub: 'svc-spiffe', client_id: 'svc-spiffe' });
+  });
+
+  test('the same JWT-SVIDs with the bundle registered as a file (issuer add --kind spiffe --jwks)', async () => {
+    const res = await tokenRequest(await jwtSvid({ sub: STATIC_SPIFFE_ID }), JWT_SPIFFE);
+    expect(res.status).toBe(200);
+    expect(await verifiedAccessToken(res.body.access_token)).toMatchObject({ sub: 'svc-spiffe-static', client_id: 'svc-spiffe-static' });
+    // A key the bundle does not hold is still refused.
+    expect((await refused(await jwtSvid({ sub: STATIC_SPIFFE_ID }, stranger), JWT_SPIFFE)).reason).toMatch(/no key of issuer spire-static matches/);
   });
 
   test('an OIDC-discovered issuer with its own audience (a CI system) gets a token; the form client_id may name the client', async () => {
@@ -343,6 +369,33 @@ describe('every bad external token is 401 invalid_client, the reason in the log 
     });
   });
 
+  test('NUL or a lone surrogate in iss or sub: refused before any query, as a failed authentication', async () => {
+    const before = server.output().length;
+    for (const claims of [{ iss: `${base}/gha`, sub: 'repo:acme/app\u0000' }, { iss: `${base}/gha\u0000`, sub: GHA_SUBJECT }, { iss: `${base}/gha`, sub: 'repo:\ud800' }]) {
+      const token = await externalToken(gha, { ...claims, aud: GHA_AUDIENCE });
+      expect((await refused(token)).reason).toBe('the external token\'s iss or sub holds characters no issuer or subject can have');
+    }
+    expect(server.output().slice(before)).not.toMatch(/"level":50/);
+  });
+
+  test('fuzz: arbitrary iss and sub never get a 5xx', async () => {
+    const before = server.output().length;
+    const anything = fc.string({ unit: 'binary', maxLength: 40 });
+    const iss = fc.oneof(anything, fc.constantFrom(`${base}/gha`, `${base}/k8s`, 'spiffe://example.org'), anything.map((a) => `${base}/gha${a}`));
+    const sub = fc.oneof(anything, anything.map((a) => `${GHA_SUBJECT}${a}`), anything.map((a) => `${SPIFFE_ID}${a}`), anything.map((a) => `${K8S_SUBJECT}${a}`));
+    const answered = new Map<number, number>();
+    await fc.assert(fc.asyncProperty(iss, sub, fc.constantFrom(JWT_BEARER, JWT_SPIFFE), async (i, s, type) => {
+      const res = await tokenRequest(await externalToken(gha, { iss: i, sub: s, aud: GHA_AUDIENCE }), type);
+      answered.set(res.status, (answered.get(res.status) ?? 0) + 1);
+      expect(res.status).toBeLessThan(500);
+      if (res.status !== 200) expect(res.body).toHaveProperty('error');
+    }), { numRuns: Number(process.env.FUZZ_RUNS ?? 150) });
+    // Every refusal's audit line has arrived, so none is taken for a later test's.
+    const refusals = [...answered].filter(([status]) => status >= 400).reduce((sum, [, n]) => sum + n, 0);
+    await eventually(async () => server.output().slice(before).split('"event":"token.refused"').length - 1 >= refusals, 30_000, 'the refusals are logged');
+    expect(server.output().slice(before)).not.toMatch(/"level":50/);
+  });
+
   test('signed by the wrong key (the issuer\'s kid, another key)', async () => {
     expect((await refused(await kubernetesToken({}, stranger))).reason).toMatch(/signature verification failed/);
   });
@@ -385,6 +438,15 @@ describe('every bad external token is 401 invalid_client, the reason in the log 
 });
 
 describe('issuer keys', () => {
+  test('a jwks_uri with user:password@ (registered before they were refused) is never fetched, and its password never logged', async () => {
+    serveJson('/legacy/jwks', { keys: [k8s.jwk] });
+    const token = await externalToken(k8s, { iss: `${base}/legacy`, sub: 'legacy-workload' });
+    expect((await refused(token)).reason).toMatch(/carries user:password@, which is never sent/);
+    await server.logLines((l) => l.msg === 'fetching an issuer\'s keys failed' && l.issuer === 'legacy', 1);
+    expect(hits.get('/legacy/jwks')).toBeUndefined();
+    expect(server.output()).not.toContain(URL_SECRET);
+  });
+
   test('an issuer whose keys are on a private address is refused without --allow-private, before connecting', async () => {
     const token = await externalToken(k8s, { iss: `https://localhost:${issuerPort}/np`, sub: 'system:serviceaccount:np:np' });
     expect((await refused(token)).reason).toMatch(/not a public address \(the issuer was added without --allow-private\)/);
@@ -509,5 +571,45 @@ export async function down() {}
     } finally {
       await other.remove();
     }
-  });
+    // A dozen operator commands, each a Node process: over two minutes on a loaded machine.
+  }, 300_000);
+
+  test('no URL an operator gives may carry user:password@; rows written before are listed without it', async () => {
+    const other = await createWorkspace();
+    try {
+      const bad = async (script: 'issuer' | 'client', args: string[], message: RegExp) => {
+        const res = await other.cli(script, args);
+        expect([res.code, res.stderr]).toEqual([2, expect.stringMatching(message)]);
+      };
+      // Refused without being echoed.
+      const withPassword = `https://user:${URL_SECRET}@keys.example.test/jwks`;
+      const noCredentials = /^error: --[a-z-]+ "https:\/\/keys.example.test\/jwks" must not carry user:password@/;
+      await bad('issuer', ['add', 'x', '--issuer', withPassword], noCredentials);
+      await bad('issuer', ['add', 'x', '--issuer', 'https://a.example.test', '--jwks-uri', withPassword], noCredentials);
+      await bad('issuer', ['add', 'x', '--issuer', 'https://a.example.test', '--audience', withPassword], noCredentials);
+      await bad('client', ['add', 'c', '--auth', 'private_key_jwt', '--jwks-uri', withPassword, '--audience', API], noCredentials);
+      await bad('client', ['add', 'c', '--auth', 'client_secret_basic', '--audience', `${API},${withPassword}`], noCredentials);
+      await bad('client', ['add', 'c', '--auth', 'client_secret_basic', '--introspect', withPassword], noCredentials);
+      await bad('client', ['add', 'c', '--auth', 'tls_client_auth', '--san-uri', withPassword, '--audience', API], noCredentials);
+      expect(readdirSync(other.migrationsDir).filter((f) => /_(issuer_x|client_c)\.ts$/.test(f))).toEqual([]);
+      // A row registered before credentials in URLs were refused is listed without them.
+      writeFileSync(join(other.migrationsDir, '29990101000000_issuer_legacy.ts'), `
+export async function up(knex) {
+  await knex('issuers').insert({ name: 'legacy', kind: 'oidc', issuer: 'https://user:${URL_SECRET}@legacy.example.test', jwks_uri: 'https://user:${URL_SECRET}@legacy.example.test/jwks', max_lifetime: 3600 });
+}
+export async function down() {}
+`);
+      expect((await other.cli('migrate', ['latest'])).code).toBe(0);
+      const list = await other.cli('issuer', ['list', '--json']);
+      expect(list.code).toBe(0);
+      expect(JSON.parse(list.stdout)).toEqual([
+        expect.objectContaining({ name: 'legacy', issuer: 'https://legacy.example.test', keys: 'https://legacy.example.test/jwks' }),
+      ]);
+      const text = await other.cli('issuer', ['list']);
+      expect(`${list.stdout}${text.stdout}`).not.toContain(URL_SECRET);
+      expect(text.stdout).toMatch(/^legacy {2}oidc {2}enabled {2}https:\/\/legacy.example.test {2}keys=https:\/\/legacy.example.test\/jwks/m);
+    } finally {
+      await other.remove();
+    }
+  }, 300_000);
 });

@@ -1,13 +1,14 @@
 // The happy path, as a platform team would use it: curl and openid-client get tokens;
 // a resource API verifies them with jose against /jwks.
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 
 import { createRemoteJWKSet, customFetch, jwtVerify } from 'jose';
 import * as oauth from 'openid-client';
 import { fetch as undiciFetch } from 'undici';
 
-import { addClient, createWorkspace, decodeJwtPart, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
+import { run, testWith } from './helpers/clients.ts';
+import { addClient, createWorkspace, decodeJwtPart, ROOT, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
 
 const API = 'https://api.example.test';
 let workspace: Workspace;
@@ -93,6 +94,16 @@ test('discovery advertises exactly the client-credentials server', async () => {
     expect(doc.authorization_endpoint).toBeUndefined();
     expect(doc.userinfo_endpoint).toBeUndefined();
   }
+});
+
+const PYTHON = '/usr/bin/python3';
+const authlibMissing = spawnSync(PYTHON, ['-c', 'import authlib.oidc.discovery'], { encoding: 'utf8' }).status === 0
+  ? undefined : 'Debian\'s python3-authlib (apt-get install python3-authlib)';
+
+// go-oidc, get-jwks and Spring Security read only the OpenID document: it must be complete.
+testWith(authlibMissing)('authlib\'s strict OpenID Connect Discovery validator accepts /.well-known/openid-configuration', async () => {
+  const result = await run(PYTHON, [join(ROOT, 'test', 'clients', 'python', 'discovery.py'), server.issuer, join(workspace.keysDir, 'dev-ca.crt')]);
+  expect({ code: result.code, stderr: result.stderr, stdout: result.stdout.trim() }).toEqual({ code: 0, stderr: '', stdout: 'valid' });
 });
 
 test('/jwks is cacheable and /healthz and /readyz answer', async () => {

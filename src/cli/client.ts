@@ -84,7 +84,7 @@ async function addClient(id: string, options: AddOptions): Promise<void> {
       refuse(opts, ['jwks', 'jwksUri', 'generateKey', 'subjectDn', 'sanDns', 'sanUri', 'cert'], options.auth);
       if (!options.issuer || !options.subject) throw new check.InputError('--auth federated needs --issuer <name> and --subject <sub>');
       if (!issuerMigrationFor(settings.migrationsDir, options.issuer)) throw new check.InputError(`no issuer ${JSON.stringify(options.issuer)}: add it first with npm run issuer -- add ${options.issuer} --issuer <url>`);
-      if (!/^[^\s]{1,512}$/.test(options.subject)) throw new check.InputError('--subject must be 1-512 characters without spaces, exactly as the sub of the external tokens');
+      if (!/^[^\s\p{Cc}]{1,512}$/u.test(options.subject)) throw new check.InputError('--subject must be 1-512 characters without spaces or control characters, exactly as the sub of the external tokens');
       client.federatedIssuer = options.issuer;
       client.federatedSubject = options.subject;
       break;

@@ -6,10 +6,12 @@ import { relative } from 'node:path';
 import { Command, Option } from 'commander';
 
 import { DEFAULT_MAX_LIFETIME, ISSUER_KINDS, IssuerRegistry, type IssuerKind } from '../clients/issuers.ts';
+import { MAX_ISSUER_KEYS } from '../clients/key-policy.ts';
 import { issuerMigrationFor, writeAddIssuer, writeSetIssuerEnabled, type NewIssuer } from '../clients/migrations.ts';
 import * as check from '../clients/validate.ts';
 import { issuerSigningKeys } from '../oauth/issuer-keys.ts';
 import { openDatabase } from '../storage/database.ts';
+import { withoutUserinfo } from '../url-userinfo.ts';
 import { commandSettings, run, say } from './output.ts';
 
 const settings = commandSettings('issuer');
@@ -59,7 +61,7 @@ async function addIssuer(name: string, options: AddOptions): Promise<void> {
       throw new check.InputError(`${options.jwks} is not JSON`);
     }
     const keys = issuerSigningKeys(parsed, options.kind);
-    issuer.jwks = await check.publicJwks(JSON.stringify({ keys }), options.jwks) as NewIssuer['jwks'];
+    issuer.jwks = await check.publicJwks(JSON.stringify({ keys }), options.jwks, MAX_ISSUER_KEYS) as NewIssuer['jwks'];
   }
   if (options.jwksUri) issuer.jwksUri = check.absoluteUri('--jwks-uri', options.jwksUri, true);
   if (options.audience) issuer.audience = check.absoluteUri('--audience', options.audience);
@@ -107,8 +109,9 @@ program.command('list')
       const rows = issuers.map((i) => ({
         name: i.name,
         kind: i.kind,
-        issuer: i.issuer,
-        keys: i.jwks ? 'jwks' : i.jwksUri ? i.jwksUri : 'discovery',
+        // Rows written before such URLs were refused may still carry credentials.
+        issuer: withoutUserinfo(i.issuer),
+        keys: i.jwks ? 'jwks' : i.jwksUri ? withoutUserinfo(i.jwksUri) : 'discovery',
         audience: i.audience,
         max_lifetime: i.maxLifetime,
         allow_private: i.allowPrivate,

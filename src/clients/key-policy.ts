@@ -53,4 +53,49 @@ export function signatureKeyRefusal(jwk: JWK): string | undefined {
   return keyRefusal(jwk);
 }
 
+/**
+ * Keys in one client's set (--jwks, or served at its jwks_uri): a rotation needs two or
+ * three, one per algorithm a few more. The engine checks a signature against one key (see
+ * oneKeyPerSignature in ../oauth/engine.ts), so the bound is on what is stored and loaded.
+ */
+export const MAX_CLIENT_KEYS = 10;
+/**
+ * Keys in one external issuer's set. Platforms publish more than a client: Microsoft Entra
+ * ID's common JWKS carries 6-10 keys, Google's and GitHub Actions' 2-4 during a rotation, a
+ * Kubernetes API server every key of --service-account-key-file (old and new while it
+ * rotates), and a SPIFFE bundle one JWT authority per SPIRE server and rotation phase (an
+ * HA pair mid-rotation: 4-6).
+ */
+export const MAX_ISSUER_KEYS = 20;
+
+/** Why a key set an operator registers is refused: too many keys, or a kid twice. */
+export function keySetRefusal(keys: { kid?: unknown }[], max: number): string | undefined {
+  if (keys.length > max) return `it holds ${keys.length} keys, more than the ${max} allowed`;
+  const kids = keys.map((k) => k.kid).filter((kid) => kid !== undefined);
+  const twice = kids.find((kid, i) => kids.indexOf(kid) !== i);
+  if (twice !== undefined) return `the kid ${JSON.stringify(twice)} is used by more than one key`;
+  return undefined;
+}
+
+/**
+ * A fetched set within the same bounds: a key repeating an earlier key's kid, and keys past
+ * `max`, are dropped (the reason given to `skipped`), so a set served by someone else cannot
+ * make one signature be checked against many keys.
+ */
+export function boundedKeySet<T extends { kid?: unknown }>(keys: T[], max: number, skipped: (kid: unknown, reason: string) => void = () => {}): T[] {
+  const seen = new Set<unknown>();
+  return keys.filter((key) => {
+    if (key.kid !== undefined && seen.has(key.kid)) {
+      skipped(key.kid, 'another key of the set has the same kid');
+      return false;
+    }
+    if (seen.size >= max) {
+      skipped(key.kid, `the set holds more than ${max} keys`);
+      return false;
+    }
+    seen.add(key.kid ?? Symbol('no kid'));
+    return true;
+  });
+}
+
 export const ACCEPTED_KEYS = `RSA ${RSA_MIN_BITS}-${RSA_MAX_BITS} bits with exponent 65537, EC P-256 or P-384, or Ed25519`;

@@ -30,41 +30,54 @@ export function issuerMigrationFor(dir: string, name: string): string | undefine
   return readdirSync(dir).find((f) => /^\d{14}_/.test(f) && f.slice(15) === `issuer_${name}.ts`);
 }
 
-function write(dir: string, name: string, body: string): string {
+/** A migration's file-name suffix and its source. */
+export interface RenderedMigration {
+  name: string;
+  source: string;
+}
+
+function write(dir: string, { name, source }: RenderedMigration): string {
   const file = join(dir, nextName(dir, name));
-  writeFileSync(file, body, { flag: 'wx' });
+  writeFileSync(file, source, { flag: 'wx' });
   return file;
 }
 
-const literal = (value: unknown) => JSON.stringify(value, null, 2);
+/**
+ * The only way a value enters a rendered migration, in code and in comments alike: a JSON
+ * literal, in which no character of the value can end the literal or the line. JSON leaves
+ * U+2028 and U+2029 raw, and those end a `//` comment (ECMAScript line terminators), so they
+ * are escaped too. Validation refuses most such input earlier; this holds whatever gets past.
+ */
+export function code(value: unknown): string {
+  return JSON.stringify(value, null, 2).replace(/[\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16)}`);
+}
 
 const HEADER = (what: string, command = 'client') => `// ${what}
 // Written by \`npm run ${command}\`; applied by \`npm run migrate\` (or the next start).
 import type { Knex } from 'knex';
 `;
 
-export function writeAddClient(dir: string, client: NewClient, secretDigest: string | undefined): string {
-  const row = clientRow(client);
-  return write(dir, `client_${client.clientId}`, `${HEADER(`Registers client "${client.clientId}" (${client.authMethod}); down removes it.`)}
-const client = ${literal(row)};
-${secretDigest ? `\n// SHA-256 digest of the client secret, which was shown once and is stored nowhere.\nconst secretDigest = ${JSON.stringify(secretDigest)};\n` : ''}
+export function renderAddClient(client: NewClient, secretDigest: string | undefined): RenderedMigration {
+  return { name: `client_${client.clientId}`, source: `${HEADER(`Registers client ${code(client.clientId)} (${code(client.authMethod)}); down removes it.`)}
+const client = ${code(clientRow(client))};
+${secretDigest !== undefined ? `\n// SHA-256 digest of the client secret, which was shown once and is stored nowhere.\nconst secretDigest = ${code(secretDigest)};\n` : ''}
 export async function up(knex: Knex): Promise<void> {
-  await knex('clients').insert(client);${secretDigest ? `
+  await knex('clients').insert(client);${secretDigest !== undefined ? `
   await knex('client_secrets').insert({ client_id: client.client_id, digest: secretDigest });` : ''}
 }
 
 export async function down(knex: Knex): Promise<void> {
   await knex('clients').where({ client_id: client.client_id }).delete();
 }
-`);
+` };
 }
 
-export function writeRotateSecret(dir: string, clientId: string, secretDigest: string, graceSeconds: number): string {
-  return write(dir, `rotate_secret_${clientId}`, `${HEADER(`Adds a new secret for "${clientId}"; its older secrets expire ${graceSeconds} s after this runs.`)}
-const clientId = ${JSON.stringify(clientId)};
-const graceSeconds = ${graceSeconds};
+export function renderRotateSecret(clientId: string, secretDigest: string, graceSeconds: number): RenderedMigration {
+  return { name: `rotate_secret_${clientId}`, source: `${HEADER(`Adds a new secret for ${code(clientId)}; its older secrets expire ${code(graceSeconds)} s after this runs.`)}
+const clientId = ${code(clientId)};
+const graceSeconds = ${code(graceSeconds)};
 // SHA-256 digest of the new secret, which was shown once and is stored nowhere.
-const secretDigest = ${JSON.stringify(secretDigest)};
+const secretDigest = ${code(secretDigest)};
 
 export async function up(knex: Knex): Promise<void> {
   const client = await knex('clients').where({ client_id: clientId, auth_method: 'client_secret_basic' }).first('client_id');
@@ -86,13 +99,13 @@ export async function down(knex: Knex): Promise<void> {
   );
   await knex('client_secrets').where({ digest: secretDigest }).delete();
 }
-`);
+` };
 }
 
-export function writeSetEnabled(dir: string, clientId: string, enabled: boolean): string {
+export function renderSetEnabled(clientId: string, enabled: boolean): RenderedMigration {
   const verb = enabled ? 'enable' : 'disable';
-  return write(dir, `${verb}_${clientId}`, `${HEADER(`${enabled ? 'Enables' : 'Disables'} client "${clientId}"; down ${enabled ? 'disables' : 'enables'} it again.`)}
-const clientId = ${JSON.stringify(clientId)};
+  return { name: `${verb}_${clientId}`, source: `${HEADER(`${enabled ? 'Enables' : 'Disables'} client ${code(clientId)}; down ${enabled ? 'disables' : 'enables'} it again.`)}
+const clientId = ${code(clientId)};
 
 async function setEnabled(knex: Knex, enabled: boolean): Promise<void> {
   const changed = await knex('clients').where({ client_id: clientId }).update({ enabled, updated_at: knex.fn.now() });
@@ -100,14 +113,18 @@ async function setEnabled(knex: Knex, enabled: boolean): Promise<void> {
 }
 
 export async function up(knex: Knex): Promise<void> {
-  await setEnabled(knex, ${enabled});
+  await setEnabled(knex, ${code(enabled)});
 }
 
 export async function down(knex: Knex): Promise<void> {
-  await setEnabled(knex, ${!enabled});
+  await setEnabled(knex, ${code(!enabled)});
 }
-`);
+` };
 }
+
+export const writeAddClient = (dir: string, client: NewClient, secretDigest: string | undefined) => write(dir, renderAddClient(client, secretDigest));
+export const writeRotateSecret = (dir: string, clientId: string, secretDigest: string, graceSeconds: number) => write(dir, renderRotateSecret(clientId, secretDigest, graceSeconds));
+export const writeSetEnabled = (dir: string, clientId: string, enabled: boolean) => write(dir, renderSetEnabled(clientId, enabled));
 
 /** An issuer row as the `issuers` table has it. */
 export interface NewIssuer {
@@ -121,7 +138,7 @@ export interface NewIssuer {
   allowPrivate: boolean;
 }
 
-export function writeAddIssuer(dir: string, issuer: NewIssuer): string {
+export function renderAddIssuer(issuer: NewIssuer): RenderedMigration {
   const row = {
     name: issuer.name,
     kind: issuer.kind,
@@ -132,8 +149,8 @@ export function writeAddIssuer(dir: string, issuer: NewIssuer): string {
     max_lifetime: issuer.maxLifetime,
     allow_private: issuer.allowPrivate,
   };
-  return write(dir, `issuer_${issuer.name}`, `${HEADER(`Trusts issuer "${issuer.name}" (${issuer.kind}, ${issuer.issuer}) for federated clients; down removes it.`, 'issuer')}
-const issuer = ${literal(row)};
+  return { name: `issuer_${issuer.name}`, source: `${HEADER(`Trusts issuer ${code(issuer.name)} (${code(issuer.kind)}, ${code(issuer.issuer)}) for federated clients; down removes it.`, 'issuer')}
+const issuer = ${code(row)};
 
 export async function up(knex: Knex): Promise<void> {
   await knex('issuers').insert(issuer);
@@ -142,13 +159,13 @@ export async function up(knex: Knex): Promise<void> {
 export async function down(knex: Knex): Promise<void> {
   await knex('issuers').where({ name: issuer.name }).delete();
 }
-`);
+` };
 }
 
-export function writeSetIssuerEnabled(dir: string, name: string, enabled: boolean): string {
+export function renderSetIssuerEnabled(name: string, enabled: boolean): RenderedMigration {
   const verb = enabled ? 'enable' : 'disable';
-  return write(dir, `${verb}_issuer_${name}`, `${HEADER(`${enabled ? 'Enables' : 'Disables'} issuer "${name}"; down ${enabled ? 'disables' : 'enables'} it again.`, 'issuer')}
-const name = ${JSON.stringify(name)};
+  return { name: `${verb}_issuer_${name}`, source: `${HEADER(`${enabled ? 'Enables' : 'Disables'} issuer ${code(name)}; down ${enabled ? 'disables' : 'enables'} it again.`, 'issuer')}
+const name = ${code(name)};
 
 async function setEnabled(knex: Knex, enabled: boolean): Promise<void> {
   const changed = await knex('issuers').where({ name }).update({ enabled, updated_at: knex.fn.now() });
@@ -156,11 +173,14 @@ async function setEnabled(knex: Knex, enabled: boolean): Promise<void> {
 }
 
 export async function up(knex: Knex): Promise<void> {
-  await setEnabled(knex, ${enabled});
+  await setEnabled(knex, ${code(enabled)});
 }
 
 export async function down(knex: Knex): Promise<void> {
-  await setEnabled(knex, ${!enabled});
+  await setEnabled(knex, ${code(!enabled)});
 }
-`);
+` };
 }
+
+export const writeAddIssuer = (dir: string, issuer: NewIssuer) => write(dir, renderAddIssuer(issuer));
+export const writeSetIssuerEnabled = (dir: string, name: string, enabled: boolean) => write(dir, renderSetIssuerEnabled(name, enabled));

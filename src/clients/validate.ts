@@ -4,8 +4,9 @@ import { X509Certificate } from 'node:crypto';
 
 import { calculateJwkThumbprint, importJWK, type JWK } from 'jose';
 
+import { hasUserinfo, withoutUserinfo } from '../url-userinfo.ts';
 import { DnSyntaxError, normaliseDn } from './distinguished-name.ts';
-import { signatureKeyRefusal } from './key-policy.ts';
+import { keySetRefusal, MAX_CLIENT_KEYS, signatureKeyRefusal } from './key-policy.ts';
 
 export class InputError extends Error {}
 
@@ -20,11 +21,18 @@ export function clientId(value: string): string {
 }
 
 export function absoluteUri(flag: string, value: string, httpsOnly = false): string {
+  const shown = JSON.stringify(withoutUserinfo(value));
+  // Credentials would be sent with every fetch, stored in a migration and printed by list.
+  if (hasUserinfo(value)) throw new InputError(`${flag} ${shown} must not carry user:password@ (credentials in a URL are refused)`);
+  // URL.parse drops or percent-encodes what the raw string keeps (line terminators among
+  // them), and the raw string is what gets registered: so only printable ASCII is accepted.
+  if (!/^[\x21-\x7E]+$/.test(value)) throw new InputError(`${flag} ${shown} must be printable ASCII without spaces: percent-encode anything else`);
   const url = URL.parse(value);
   if (!url || !/^[a-z][a-z0-9+.-]*:/i.test(value) || url.hash) {
-    throw new InputError(`${flag} ${JSON.stringify(value)} is not an absolute URI without a fragment`);
+    throw new InputError(`${flag} ${shown} is not an absolute URI without a fragment`);
   }
-  if (httpsOnly && url.protocol !== 'https:') throw new InputError(`${flag} ${JSON.stringify(value)} must be an https:// URL`);
+  if (url.username || url.password) throw new InputError(`${flag} ${shown} must not carry user:password@ (credentials in a URL are refused)`);
+  if (httpsOnly && url.protocol !== 'https:') throw new InputError(`${flag} ${shown} must be an https:// URL`);
   return value;
 }
 
@@ -69,8 +77,11 @@ export function dnsName(value: string): string {
   return value.toLowerCase();
 }
 
-/** A JWKS of public signing keys only; a private member anywhere refuses the whole set. */
-export async function publicJwks(text: string, source: string): Promise<{ keys: JWK[] }> {
+/**
+ * A JWKS of public signing keys only, at most `maxKeys` of them, no kid twice; a private
+ * member anywhere refuses the whole set.
+ */
+export async function publicJwks(text: string, source: string, maxKeys = MAX_CLIENT_KEYS): Promise<{ keys: JWK[] }> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
@@ -79,6 +90,8 @@ export async function publicJwks(text: string, source: string): Promise<{ keys: 
   }
   const keys = (parsed as { keys?: unknown }).keys;
   if (!Array.isArray(keys) || keys.length === 0) throw new InputError(`${source} must be a JWK Set with at least one key`);
+  const tooMany = keySetRefusal(keys as JWK[], maxKeys);
+  if (tooMany) throw new InputError(`${source} is refused: ${tooMany}`);
   for (const [i, key] of keys.entries()) {
     const jwk = key as JWK;
     if (typeof jwk !== 'object' || jwk === null) throw new InputError(`${source}: key ${i} is not an object`);
@@ -92,6 +105,9 @@ export async function publicJwks(text: string, source: string): Promise<{ keys: 
     }
     jwk.kid ??= await calculateJwkThumbprint(jwk);
   }
+  // Again with the kids given to keys that had none: two copies of one key are one kid.
+  const refusal = keySetRefusal(keys as JWK[], maxKeys);
+  if (refusal) throw new InputError(`${source} is refused: ${refusal}`);
   return { keys: keys as JWK[] };
 }
 

@@ -65,6 +65,8 @@ export function publicJsonFetch({ allowPrivate, caFile, privateHint, what = 'URL
   return (uri) => new Promise((resolve, reject) => {
     const url = URL.parse(uri);
     if (url?.protocol !== 'https:') return reject(new Error(`${what} is not an https:// URL`));
+    // Registered before such URLs were refused, or named by a discovery document: never sent.
+    if (url.username || url.password) return reject(new Error(`${what} carries user:password@, which is never sent`));
     // An address literal is connected to without a lookup, so it is checked here.
     const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
     if (!allowPrivate && /^[\d.]+$|:/.test(host) && !isPublicAddress(host)) {

@@ -13,7 +13,14 @@ export function metadata(settings: Settings): Record<string, unknown> {
     introspection_endpoint: `${issuer}/token/introspection`,
     revocation_endpoint: `${issuer}/token/revocation`,
     grant_types_supported: ['client_credentials'],
+    // No authorization endpoint, so no response type: the empty list RFC 7591 section 2
+    // gives clients that use none. (authlib's validator wants at least one; none is true.)
     response_types_supported: [],
+    // OpenID Connect Discovery 1.0 section 3 requires these two. We issue no ID tokens and
+    // have no end users: what they would be is the engine's default, and RS256, which the
+    // section makes mandatory, is what signs our access tokens.
+    subject_types_supported: ['public'],
+    id_token_signing_alg_values_supported: ['RS256'],
     token_endpoint_auth_methods_supported: AUTH_METHODS_SUPPORTED,
     token_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGS,
     introspection_endpoint_auth_methods_supported: AUTH_METHODS_SUPPORTED,

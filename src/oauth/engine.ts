@@ -163,6 +163,27 @@ function tokenTtl(settings: Settings, client: EngineClient | undefined): number 
   return Math.min(client?.m2m_ttl ?? settings.accessTokenTtl, settings.maxAccessTokenTtl);
 }
 
+/** The engine's per-client key store, as far as it is used here. */
+interface VerifyKeyStore {
+  selectForVerify(options: { alg?: string; kid?: string }): unknown[];
+}
+
+/**
+ * Every signature is checked against exactly one key. The engine tries each key that matches
+ * the header's alg (and kid, when there is one) until one verifies, so a made-up assertion
+ * cost one verification per key of the set. No two keys of a set share a kid
+ * (../clients/key-policy.ts), so a kid selects at most one; an assertion without one selects
+ * none when the set has several keys for its alg (invalid_client, the reason in the log).
+ */
+function oneKeyPerSignature(client: object): void {
+  const store = (client as { asymmetricKeyStore: VerifyKeyStore }).asymmetricKeyStore;
+  const select = store.selectForVerify.bind(store);
+  store.selectForVerify = (options) => {
+    const keys = select(options);
+    return keys.length === 1 ? keys : [];
+  };
+}
+
 export function createEngine({ settings, registry, replay, keys, certificates, logger, bruteForce, dpopNonceSecret }: EngineDeps): Provider {
   const signer = keys.signer;
   if (!signer?.privateKey) throw new Error('no signing key: run `npm run keys -- generate`');
@@ -314,7 +335,10 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
     let client = built.get(record);
     if (!client) {
       client = await engineFind(id);
-      if (client) built.set(record, client);
+      if (client) {
+        if (record.jwks || record.jwksUri) oneKeyPerSignature(client);
+        built.set(record, client);
+      }
     }
     return client;
   };

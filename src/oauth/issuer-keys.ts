@@ -12,9 +12,11 @@
 import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 
 import type { IssuerRecord } from '../clients/issuers.ts';
+import { boundedKeySet, MAX_ISSUER_KEYS } from '../clients/key-policy.ts';
 import type { Logger } from '../log.ts';
 import { publicJsonFetch, type JsonFetch } from '../net/public-fetch.ts';
 import { RemoteValue } from '../net/remote-value.ts';
+import { withoutUserinfo } from '../url-userinfo.ts';
 import { CACHE_SECONDS, REFETCH_COOLDOWN_SECONDS, signatureKeys } from './jwks-uri.ts';
 
 export const MIN_CACHE_SECONDS = 30;
@@ -27,12 +29,13 @@ export class IssuerKeysUnavailable extends Error {}
 /**
  * Signature keys of a JWKS or a SPIFFE trust bundle. A bundle's JWT-SVID keys say `use:
  * jwt-svid` and carry no `alg` (the algorithm follows from kty/crv); X.509-SVID keys are
- * for TLS and are dropped.
+ * for TLS and are dropped. A bundle registered with --jwks is stored as this returns it,
+ * with `use: sig`, and read back through here: so `sig` is a JWT-SVID key too.
  */
 export function issuerSigningKeys(body: unknown, kind: IssuerRecord['kind'], skipped?: (kid: unknown, reason: string) => void): Jwk[] {
   const keys = (body as { keys?: unknown } | null)?.keys;
   if (kind !== 'spiffe' || !Array.isArray(keys)) return signatureKeys(body, skipped);
-  const jwtSvid = keys.filter((k): k is Jwk => typeof k === 'object' && k !== null && (k.use === undefined || k.use === 'jwt-svid'))
+  const jwtSvid = keys.filter((k): k is Jwk => typeof k === 'object' && k !== null && (k.use === undefined || k.use === 'jwt-svid' || k.use === 'sig'))
     .map((k) => ({ ...k, use: 'sig' }));
   return signatureKeys({ keys: jwtSvid }, skipped);
 }
@@ -102,7 +105,8 @@ export class IssuerKeys {
     const key = `${issuer.name}\u0000${issuer.allowPrivate}\u0000${source}`;
     let set = this.#sets.get(key);
     if (!set) {
-      set = new RemoteValue(() => this.#load(issuer), (err) => this.#logger?.warn({ issuer: issuer.name, source: source.startsWith('static:') ? 'static' : source, err: err.message }, 'fetching an issuer\'s keys failed'), REFETCH_COOLDOWN_SECONDS);
+      const shown = issuer.jwks ? 'static' : issuer.jwksUri ? `uri:${withoutUserinfo(issuer.jwksUri)}` : `discovery:${withoutUserinfo(issuer.issuer)}`;
+      set = new RemoteValue(() => this.#load(issuer), (err) => this.#logger?.warn({ issuer: issuer.name, source: shown, err: err.message }, 'fetching an issuer\'s keys failed'), REFETCH_COOLDOWN_SECONDS);
       if (this.#sets.size > 1000) this.#sets.clear();
       this.#sets.set(key, set);
     }
@@ -111,8 +115,9 @@ export class IssuerKeys {
   }
 
   async #load(issuer: IssuerRecord): Promise<FetchedKeys> {
+    const skipped = (kid: unknown, reason: string) => this.#logger?.warn({ issuer: issuer.name, kid, reason }, 'an issuer key was ignored');
     const fetched = (keys: Jwk[], hint: number | undefined): FetchedKeys => ({
-      resolver: createLocalJWKSet({ keys } as JSONWebKeySet),
+      resolver: createLocalJWKSet({ keys: boundedKeySet(keys, MAX_ISSUER_KEYS, skipped) } as JSONWebKeySet),
       cacheMs: Math.max(MIN_CACHE_SECONDS, Math.min(CACHE_SECONDS, hint ?? CACHE_SECONDS)) * 1000,
     });
     if (issuer.jwks) return fetched(issuerSigningKeys(issuer.jwks, issuer.kind), MAX_STALE_SECONDS);
@@ -126,7 +131,6 @@ export class IssuerKeys {
       uri = discovery.jwks_uri;
     }
     const body = await fetch(uri);
-    const skipped = (kid: unknown, reason: string) => this.#logger?.warn({ issuer: issuer.name, kid, reason }, 'an issuer key was ignored');
     return fetched(issuerSigningKeys(body, issuer.kind, skipped), refreshHint(body));
   }
 }

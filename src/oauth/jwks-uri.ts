@@ -11,10 +11,11 @@
 // kind the key policy refuses (../clients/key-policy.ts) are ignored and logged.
 import type Provider from 'oidc-provider';
 
-import { signatureKeyRefusal } from '../clients/key-policy.ts';
+import { boundedKeySet, MAX_CLIENT_KEYS, signatureKeyRefusal } from '../clients/key-policy.ts';
 import type { Logger } from '../log.ts';
 import { publicJsonFetch } from '../net/public-fetch.ts';
 import { RemoteValue } from '../net/remote-value.ts';
+import { withoutUserinfo } from '../url-userinfo.ts';
 
 export const CACHE_SECONDS = 300;
 export const REFETCH_COOLDOWN_SECONDS = 5;
@@ -63,9 +64,10 @@ export function useRemoteJwks(provider: Provider, options: JwksUriOptions, logge
     if (!client || !uri) return client;
     let set = sets.get(uri);
     if (!set) {
-      const skipped = (kid: unknown, reason: string) => logger?.warn({ client_id: id, jwks_uri: uri, kid, reason }, 'ignored a key served at a client\'s jwks_uri');
-      set = new RemoteValue(async () => signatureKeys(await fetch(uri), skipped),
-        (err) => logger?.warn({ client_id: id, jwks_uri: uri, err: err.message }, 'fetching a client\'s jwks_uri failed'),
+      const shown = withoutUserinfo(uri);
+      const skipped = (kid: unknown, reason: string) => logger?.warn({ client_id: id, jwks_uri: shown, kid, reason }, 'ignored a key served at a client\'s jwks_uri');
+      set = new RemoteValue(async () => boundedKeySet(signatureKeys(await fetch(uri), skipped), MAX_CLIENT_KEYS, skipped),
+        (err) => logger?.warn({ client_id: id, jwks_uri: shown, err: err.message }, 'fetching a client\'s jwks_uri failed'),
         REFETCH_COOLDOWN_SECONDS);
       sets.set(uri, set);
     }

@@ -104,10 +104,19 @@ function auditOf(ctx: KoaContextWithOIDC): FederatedAudit {
   return state[FEDERATED];
 }
 
+/**
+ * Whether a PostgreSQL text column could hold this: no NUL, no lone surrogate. Anything else
+ * names no registered issuer or subject, and sent in a query it would fail there, reading
+ * as a database error instead of the failed authentication it is.
+ */
+const storable = (value: string) => !value.includes('\u0000') && value.isWellFormed();
+
 /** Which trusted issuer vouches for the token, and for which subject. */
 async function issuerOf(deps: FederatedDeps, pending: Pending, claims: JWTPayload, audit: FederatedAudit): Promise<{ issuer: IssuerRecord; subject: string }> {
   const subject = claims.sub;
   if (typeof subject !== 'string' || !subject) refuse('the external token has no sub');
+  // Checked before any query: the token is not verified yet, so its claims are anyone's.
+  if (!storable(subject) || (typeof claims.iss === 'string' && !storable(claims.iss))) refuse('the external token\'s iss or sub holds characters no issuer or subject can have');
   audit.subject = subject.slice(0, 256);
   let issuer: IssuerRecord | undefined;
   if (pending.type === JWT_SPIFFE) {
