@@ -7,6 +7,7 @@ import { join } from 'node:path';
 
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 
+import { countStatuses } from './helpers/statuses.ts';
 import { addClient, createWorkspace, freePort, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
 
 const API = 'https://api.example.test';
@@ -18,12 +19,6 @@ afterAll(async () => {
   for (const agent of agents) agent.destroy();
   for (const step of cleanup.reverse()) await step();
 });
-
-function counts(statuses: number[]): Record<number, number> {
-  const out: Record<number, number> = {};
-  for (const s of statuses) out[s] = (out[s] ?? 0) + 1;
-  return out;
-}
 
 /**
  * Token requests from one loopback address, spread over the given servers, all in flight at
@@ -82,7 +77,7 @@ describe('one instance', () => {
 
   test(`${GUESSES} concurrent wrong secrets for one client from one address: at most the limit (10) are evaluated`, async () => {
     const statuses = await burst(workspace, [server], '127.0.0.2', Array.from({ length: GUESSES }, (_, i) => ['svc', `guess-${i}`]));
-    const seen = counts(statuses);
+    const seen = countStatuses(statuses);
     expect(Object.keys(seen).sort()).toEqual(['401', '429']);
     expect(seen[401]).toBeLessThanOrEqual(10);
     expect(seen[401]! + seen[429]!).toBe(GUESSES);
@@ -97,14 +92,14 @@ describe('one instance', () => {
       .setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('svc-jwt').setSubject('svc-jwt').setAudience(server.issuer)
       .setIssuedAt().setExpirationTime('60s').setJti(`forged-${i}`).sign(forger.privateKey)));
     const statuses = await burst(workspace, [server], '127.0.0.7', assertions.map((a) => ['svc-jwt', a, 'jwt']));
-    const seen = counts(statuses);
+    const seen = countStatuses(statuses);
     expect(seen[401]).toBeLessThanOrEqual(10);
     expect(seen[401]! + seen[429]!).toBe(GUESSES);
   });
 
   test(`${GUESSES} concurrent guesses at made-up clients from one address: at most the address limit (25) are evaluated`, async () => {
     const statuses = await burst(workspace, [server], '127.0.0.4', Array.from({ length: GUESSES }, (_, i) => [`made-up-${i}`, 'x']));
-    const seen = counts(statuses);
+    const seen = countStatuses(statuses);
     expect(seen[401]).toBeLessThanOrEqual(25);
     expect(seen[401]! + seen[429]!).toBe(GUESSES);
   });
@@ -113,7 +108,7 @@ describe('one instance', () => {
     // 40 in flight for one client id from one address: the attempts over the limit wait for
     // the outcome of those being checked, whose points come back.
     const statuses = await burst(workspace, [server], '127.0.0.5', Array.from({ length: 40 }, () => ['svc', secret]));
-    expect(counts(statuses)).toEqual({ 200: 40 });
+    expect(countStatuses(statuses)).toEqual({ 200: 40 });
   });
 
   test('the log says which limit refused: per client and address, or per address', async () => {
@@ -141,7 +136,7 @@ describe('one instance', () => {
 
   test(`${GUESSES} concurrent wrong secrets spread over both: the combined limit holds`, async () => {
     const statuses = await burst(workspace, servers, '127.0.0.6', Array.from({ length: GUESSES }, (_, i) => ['svc', `guess-${i}`]));
-    const seen = counts(statuses);
+    const seen = countStatuses(statuses);
     expect(seen[401]).toBeLessThanOrEqual(10);
     expect(seen[401]! + seen[429]!).toBe(GUESSES);
   });

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 
 import pg from 'pg';
 
+import { countStatuses } from './helpers/statuses.ts';
 import { addClient, createWorkspace, eventually, freePort, sleep, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
 
 const API = 'https://api.example.test';
@@ -25,12 +26,6 @@ afterAll(async () => {
   for (const agent of agents) agent.destroy();
   for (const step of cleanup.reverse()) await step();
 });
-
-function counts(statuses: number[]): Record<number, number> {
-  const out: Record<number, number> = {};
-  for (const s of statuses) out[s] = (out[s] ?? 0) + 1;
-  return out;
-}
 
 /** A keep-alive HTTPS client on its own loopback source address (127.0.0.0/8 all reaches this machine). */
 function clientAt(workspace: Workspace, localAddress: string, maxSockets = 64) {
@@ -127,7 +122,7 @@ describe('correct clients with the default limits', () => {
   test.each([5, 11, 40, 200])('a burst of %i requests at once from one address: every one 200, the next one too, and one a moment later', async (size) => {
     const send = clientAt(workspace, `127.0.1.${size}`, 256);
     const statuses = await Promise.all(Array.from({ length: size }, () => send(server, 'svc', secret)));
-    expect(counts(statuses)).toEqual({ 200: size });
+    expect(countStatuses(statuses)).toEqual({ 200: size });
     expect(await send(server, 'svc', secret)).toBe(200);
     // Nothing of a correct burst is left counted against the client; a second later, it
     // still gets its token (points that attempts had held were counted against it there).
@@ -139,7 +134,7 @@ describe('correct clients with the default limits', () => {
   test(`${NAT_CLIENTS} different clients behind one address, all at once: every one 200, and the next client too`, async () => {
     const send = clientAt(workspace, '127.0.2.1', 512);
     const statuses = await Promise.all(Array.from({ length: NAT_CLIENTS }, (_, i) => send(server, `nat-${i}`, natSecret(i))));
-    expect(counts(statuses)).toEqual({ 200: NAT_CLIENTS });
+    expect(countStatuses(statuses)).toEqual({ 200: NAT_CLIENTS });
     expect(await send(server, `nat-${NAT_CLIENTS}`, natSecret(NAT_CLIENTS))).toBe(200);
     expect(await storedFor(workspace, '127.0.2.1')).toEqual([]);
     await sleep(1500);
@@ -149,9 +144,9 @@ describe('correct clients with the default limits', () => {
   test('a burst of 40 right after a few wrong secrets from the same address: every correct one 200', async () => {
     const send = clientAt(workspace, '127.0.2.2', 256);
     // Failures shrink how many attempts are evaluated at once; they do not refuse a correct client.
-    expect(counts(await Promise.all(Array.from({ length: 3 }, () => send(server, 'svc', 'wrong'))))).toEqual({ 401: 3 });
+    expect(countStatuses(await Promise.all(Array.from({ length: 3 }, () => send(server, 'svc', 'wrong'))))).toEqual({ 401: 3 });
     const statuses = await Promise.all(Array.from({ length: 40 }, () => send(server, 'svc', secret)));
-    expect(counts(statuses)).toEqual({ 200: 40 });
+    expect(countStatuses(statuses)).toEqual({ 200: 40 });
   });
 
   (process.env.TEST_DATABASE_URL ? test : test.skip)('steady keep-alive traffic of a correct client writes nothing to the database', async () => {
@@ -190,10 +185,10 @@ describe('wrong secrets at once, with the default limits', () => {
   test('300 at once: the limit are evaluated, however many processes, and refused attempts never raise the count', async () => {
     // 250 connections: MAX_CONNECTIONS_PER_ADDRESS (256) closes any more from one address.
     const send = clientAt(workspace, '127.0.3.1', 250);
-    const seen = counts(await Promise.all(Array.from({ length: 300 }, (_, i) => send(server, 'svc', `guess-${i}`))));
+    const seen = countStatuses(await Promise.all(Array.from({ length: 300 }, (_, i) => send(server, 'svc', `guess-${i}`))));
     expect(seen[401]! + seen[429]!).toBe(300);
     expect(seen[401]).toBe(LIMIT);
-    const more = counts(await Promise.all(Array.from({ length: 50 }, (_, i) => send(server, 'svc', `again-${i}`))));
+    const more = countStatuses(await Promise.all(Array.from({ length: 50 }, (_, i) => send(server, 'svc', `again-${i}`))));
     expect(more).toEqual({ 429: 50 });
     if (workspace.databaseUrl) {
       const client = (await storedFailures(workspace)).find((r) => r.key.startsWith('client:'));
@@ -232,7 +227,7 @@ onPostgres('two instances on one database, with the default limits', () => {
       const ahead = started + (tick + 1) * 10 - Date.now();
       if (ahead > 0) await sleep(ahead);
     }
-    const seen = counts(await Promise.all(sent));
+    const seen = countStatuses(await Promise.all(sent));
     expect(seen).toEqual({ 200: 4000 });
     expect(await storedFor(workspace, '127.0.4.1')).toEqual([]);
   });
@@ -257,7 +252,7 @@ onPostgres('two instances on one database, with the default limits', () => {
   test('300 wrong secrets at once spread over both: the limit are evaluated', async () => {
     const send = clientAt(workspace, '127.0.4.3', 300);
     const statuses = await Promise.all(Array.from({ length: 300 }, (_, i) => send(servers[i % 2]!, 'svc', `guess-${randomUUID()}`)));
-    const seen = counts(statuses);
+    const seen = countStatuses(statuses);
     expect(seen[401]! + seen[429]!).toBe(300);
     expect(seen[401]).toBe(LIMIT);
     const stored = (await storedFailures(workspace)).find((r) => r.key.startsWith('client:127.0.4.3'));
