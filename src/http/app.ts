@@ -201,7 +201,7 @@ export function buildApp(deps: AppDeps, keys: KeySet): Provider {
     settings, issuers: deps.issuers, keys: deps.issuerKeys, algorithms: ASSERTION_ALGS, clockTolerance: CLOCK_TOLERANCE, unlessStorageDown,
   });
   const verifier = tokenVerifier(settings.issuer, keys);
-  const tokenDeps = { verify: () => verifier, registry, revocations };
+  const tokenDeps = { verify: () => verifier, registry, revocations, maxTokenTtl: settings.maxAccessTokenTtl };
   // Serialised once per key set: these answers are the same for every caller.
   const jwks = JSON.stringify({ keys: keys.published.map((k) => k.jwk) });
   const discovery = JSON.stringify(metadata(settings));

@@ -6,7 +6,7 @@
 import type { Logger } from '../log.ts';
 import type { Database } from '../storage/database.ts';
 import type { KeyEncryption } from './key-encryption.ts';
-import { loadKeys, rotate, type KeySet, type ScheduleTimes } from './signing-keys.ts';
+import { loadKeys, rotate, sealOlderRows, type KeySet, type ScheduleTimes } from './signing-keys.ts';
 
 export interface KeyReloaderOptions {
   db: Database;
@@ -28,14 +28,25 @@ export interface KeyReloader {
   stop(): void;
 }
 
+/** Rows that are not authentic, logged when they change: an operator learns of a row slipped into the table, not of its key. */
+export function logRejected(logger: Logger, set: KeySet, before = ''): string {
+  const seen = set.rejected.map((r) => `${r.kid}:${r.reason}`).join(',');
+  if (seen !== before) for (const { kid, reason } of set.rejected) logger.error({ kid, reason }, 'a signing_keys row is not authentic: it is neither published nor trusted');
+  return seen;
+}
+
 export function reloadKeys(options: KeyReloaderOptions): KeyReloader {
   const { db, encryption, times, rotationSeconds, logger } = options;
   let current = options.current;
+  let rejected = logRejected(logger, current);
   let running: Promise<void> | undefined;
   let again = false;
 
   const once = async (reason: string) => {
     let next = await loadKeys(db, encryption, times);
+    // An instance of an earlier version, still running during an upgrade, adds keys unsealed.
+    if (next.rejected.some((r) => r.unsealed) && (await sealOlderRows(db, encryption)).sealed.length) next = await loadKeys(db, encryption, times);
+    rejected = logRejected(logger, next, rejected);
     const rotated = await rotate(db, encryption, times, rotationSeconds, next);
     if (rotated.generated) {
       logger.info({ kid: rotated.generated, replaces: rotated.replaces }, 'automatic rotation: generated the successor of the signing key');
