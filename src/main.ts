@@ -216,7 +216,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
         kid: key.kid, state: key === current.signer ? 'signing' : key.retiredAt ? 'retired' : 'published', ageSeconds: now - key.publishedAt,
       }));
     });
-    const ready = () => readiness(deps.pingDatabase, current.signer?.kid);
+    const ready = () => readiness(deps.pingDatabase, lifecycle.notSigning ? undefined : current.signer?.kid);
     if (cluster.isWorker) {
       answerPrimary(READY, async () => ({ worker: cluster.worker?.id, ...await ready() }));
     } else {
@@ -239,6 +239,10 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       onChange: (next: KeySet) => {
         handler = buildApp(deps, next).callback();
         current = next;
+        lifecycle.notSigning = false;
+      },
+      onHalt: () => {
+        lifecycle.notSigning = true;
       },
       onRotation: (event) => metrics.keyRotations.inc({ event }),
     });

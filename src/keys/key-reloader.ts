@@ -19,6 +19,8 @@ export interface KeyReloaderOptions {
   current: KeySet;
   /** A set that differs in its signer or published keys: serve it. */
   onChange(next: KeySet): void;
+  /** The current signer is retired and the scheduled one cannot be used: issue nothing until `onChange`. */
+  onHalt(): void;
   onRotation?(event: 'generated' | 'retired'): void;
 }
 
@@ -39,6 +41,7 @@ export function reloadKeys(options: KeyReloaderOptions): KeyReloader {
   const { db, encryption, times, rotationSeconds, logger } = options;
   let current = options.current;
   let rejected = logRejected(logger, current);
+  let halted = false;
   let running: Promise<void> | undefined;
   let again = false;
 
@@ -58,12 +61,25 @@ export function reloadKeys(options: KeyReloaderOptions): KeyReloader {
     }
     if (rotated.generated || rotated.retired.length) next = await loadKeys(db, encryption, times);
     for (const problem of next.problems) logger.error({ problem }, 'a signing key does not decrypt with KEYS_ENCRYPTION_KEY');
-    if (next.fingerprint === current.fingerprint) return;
-    // Never sign with something other than the schedule's signer: keep serving the current set.
+    if (next.fingerprint === current.fingerprint && !halted) return;
     if (!next.signer?.privateKey) {
-      logger.error({ signer: next.signer?.kid ?? null }, 'the scheduled signing key cannot be used; keeping the current keys');
+      // Until the database retires it, the current signer is still published everywhere: keep it.
+      const signer = current.signer?.kid;
+      if (next.all.some((k) => k.kid === signer && k.retiredAt === undefined)) {
+        logger.error({ signer: next.signer?.kid ?? null, kek_id: next.signer?.kekId ?? null }, 'the scheduled signing key cannot be used; keeping the current keys');
+        return;
+      }
+      // Retired: its tokens would fail wherever /jwks no longer has it. Stop issuing instead (503, not ready).
+      if (!halted) {
+        halted = true;
+        logger.error({
+          kid: next.signer?.kid ?? null, kek_id: next.signer?.kekId ?? null, retired: signer ?? null, have: encryption.keks.map((k) => k.id),
+        }, 'the signing key was retired and the scheduled one cannot be used (its key-encryption key is not in KEYS_ENCRYPTION_KEY?): not issuing tokens');
+        options.onHalt();
+      }
       return;
     }
+    halted = false;
     logger.info({ signer: next.signer.kid, published: next.published.map((k) => k.kid), reason }, 'signing keys changed');
     current = next;
     options.onChange(next);
