@@ -30,10 +30,13 @@ async function withDatabase<T>(work: (database: OpenDatabase) => Promise<T>): Pr
   }
 }
 
+/** The time to sign from is each server's own: the one shown is what this command's settings give. */
 function reportAdded(json: boolean | undefined, added: Added, verb: string): void {
   const signsFrom = added.signsNow ? 'now' : iso(added.signsFrom);
   say(json, { kid: added.kid, state: added.signsNow ? 'signing' : 'pending', signs_from: signsFrom }, [
-    `${verb} ${added.kid}: published now, signs from ${signsFrom}.`,
+    added.signsNow
+      ? `${verb} ${added.kid}: published and signing now.`
+      : `${verb} ${added.kid}: published now; each server signs with it once it has been published for that server's JWKS_MAX_AGE + KEYS_RELOAD_SECONDS (with this command's settings: from ${signsFrom}).`,
   ]);
 }
 
@@ -70,7 +73,7 @@ program.command('list')
   .description('list the signing keys and their state')
   .option('--json', 'print one JSON array')
   .action((options: { json?: boolean }) => run(async () => {
-    const set = await withDatabase(({ db }) => loadKeys(db, keyEncryption(settings)));
+    const set = await withDatabase(({ db }) => loadKeys(db, keyEncryption(settings), times));
     const rows: Record<string, string | null>[] = set.all.map((k) => ({
       kid: k.kid,
       state: stateOf(k, set),

@@ -2,7 +2,9 @@
 // in /jwks from the moment it is added, and signs only once it has been published for
 // longer than /jwks may be cached plus the time a running server takes to notice it, so no
 // resource API meets a kid it has not seen; the newest such key signs (the first key of an
-// empty database at once). Retiring a key deletes its private part and keeps its public
+// empty database at once). That delay is each server's own (its JWKS_MAX_AGE and
+// KEYS_RELOAD_SECONDS): the row stores no time to sign from, since whoever adds a key (a
+// deploy job running `keys generate` with default settings) does not know them. Retiring a key deletes its private part and keeps its public
 // part published until no token it signed can still be unexpired. Every time is the
 // database's clock, and every change is made under one advisory lock: all instances reach
 // the same answer, and two of them racing to add a key add it once.
@@ -49,8 +51,10 @@ export interface SigningKey {
   kekId?: string;
   /** Epoch seconds, database clock: when the key was published. */
   publishedAt: number;
-  /** Epoch seconds: when the key may start signing. */
+  /** Epoch seconds: when the key may start signing (once scheduled by a server's settings). */
   signsFrom: number;
+  /** Stored without a time to sign from: it signs after each server's own delay. */
+  ownDelay?: boolean;
   /** Epoch seconds, retired keys only: when it was retired and when it leaves /jwks. */
   retiredAt?: number;
   unpublishAt?: number;
@@ -98,7 +102,8 @@ interface Row {
   origin: string;
   replaces: string | null;
   published_at: number;
-  signs_from: number;
+  /** Null: after each server's own delay; a time: at once (<= published_at) or an earlier version's stored time. */
+  signs_from: number | null;
   retired_at: number | null;
   unpublish_at: number | null;
   seal: string | null;
@@ -199,7 +204,8 @@ function toKey(row: Row, encryption: KeyEncryption | undefined, problems: string
     kid: row.kid,
     jwk: jwkOf(row),
     publishedAt: Number(row.published_at),
-    signsFrom: Number(row.signs_from),
+    signsFrom: row.signs_from === null ? Number(row.published_at) : Number(row.signs_from),
+    ownDelay: row.signs_from === null,
     origin: row.origin,
     order: Number(row.id),
     ...(row.kek_id ? { kekId: row.kek_id } : {}),
@@ -218,24 +224,22 @@ function toKey(row: Row, encryption: KeyEncryption | undefined, problems: string
 }
 
 /**
- * A key as a server with `times` applies it. The stored times come from whoever added or
- * retired the key (the `keys` command with its own settings, maybe the defaults); a server
- * whose /jwks is cached longer, or whose tokens live longer, never signs sooner or
- * unpublishes sooner than its own settings allow. A key stored to sign at once (the first
- * of an empty database, a former signer imported from files) still does.
+ * A key as a server with `times` applies it: it signs `signingDelay` after it was published.
+ * A key stored to sign at once (the first of an empty database, a former signer imported
+ * from files) still does; a time an earlier version stored is kept if it is later. A
+ * retired key's unpublish time was stored by whoever retired it: a server whose tokens live
+ * longer keeps it published longer.
  */
 function withOwnDelays(key: SigningKey, times: ScheduleTimes): SigningKey {
-  const signsFrom = key.signsFrom <= key.publishedAt ? key.signsFrom : Math.max(key.signsFrom, key.publishedAt + signingDelay(times));
+  const own = key.publishedAt + signingDelay(times);
+  const signsFrom = key.ownDelay ? own : key.signsFrom <= key.publishedAt ? key.signsFrom : Math.max(key.signsFrom, own);
   if (key.retiredAt === undefined) return { ...key, signsFrom };
   return { ...key, signsFrom, unpublishAt: Math.max(key.unpublishAt!, key.retiredAt + unpublishDelay(times)) };
 }
 
-/**
- * Which key signs and which are published at `now`: the rules of the schedule, nothing else.
- * With `times` (a server's), as that server applies them; without, the stored times.
- */
-export function scheduleOf(stored: SigningKey[], now: number, problems: string[] = [], times?: ScheduleTimes, rejected: Rejected[] = []): KeySet {
-  const all = times ? stored.map((k) => withOwnDelays(k, times)) : stored;
+/** Which key signs and which are published at `now`, as a server with `times` applies the rules. */
+export function scheduleOf(stored: SigningKey[], now: number, times: ScheduleTimes, problems: string[] = [], rejected: Rejected[] = []): KeySet {
+  const all = stored.map((k) => withOwnDelays(k, times));
   const sorted = [...all].sort((a, b) => a.publishedAt - b.publishedAt || a.order - b.order);
   const active = sorted.filter((k) => k.retiredAt === undefined);
   const ready = active.filter((k) => k.signsFrom <= now);
@@ -254,20 +258,20 @@ export function stateOf(key: SigningKey, set: KeySet, at = set.now): KeyState {
 }
 
 /**
- * The authentic keys as of the database's clock now, active keys' private parts decrypted
- * (a failure is listed in `problems`; a row that is not authentic, in `rejected`). With
- * `times`, scheduled as a server with those settings serves them; without, as stored.
+ * The authentic keys as of the database's clock now, scheduled as a server with `times`
+ * serves them, active keys' private parts decrypted (a failure is listed in `problems`; a
+ * row that is not authentic, in `rejected`).
  */
-export async function loadKeys(db: Database, encryption: KeyEncryption, times?: ScheduleTimes): Promise<KeySet> {
+export async function loadKeys(db: Database, encryption: KeyEncryption, times: ScheduleTimes): Promise<KeySet> {
   const now = await clock(db);
   const { keys, problems, rejected } = await readKeys(db, encryption, true);
-  return scheduleOf(keys, now, problems, times, rejected);
+  return scheduleOf(keys, now, times, problems, rejected);
 }
 
 /** Under the lock: the authentic keys, scheduled (private parts left encrypted). */
-async function lockedSet(trx: Database, encryption: KeyEncryption, now: number, times?: ScheduleTimes): Promise<KeySet> {
+async function lockedSet(trx: Database, encryption: KeyEncryption, now: number, times: ScheduleTimes): Promise<KeySet> {
   const { keys, problems, rejected } = await readKeys(trx, encryption, false);
-  return scheduleOf(keys, now, problems, times, rejected);
+  return scheduleOf(keys, now, times, problems, rejected);
 }
 
 /** At start, a key that does not decrypt is a wrong or missing KEYS_ENCRYPTION_KEY: never run without it. */
@@ -305,7 +309,8 @@ interface Insert {
   privateKey: KeyObject;
   origin: string;
   publishedAt: number;
-  signsFrom: number;
+  /** At once (the first key), or null: after each server's own delay. */
+  signsFrom: number | null;
   replaces?: string;
 }
 
@@ -333,20 +338,20 @@ export interface Added {
   kid: string;
   /** False when the database has the key already. */
   added: boolean;
+  /** When it signs at a server with the adding process's settings (its own estimate; not stored). */
   signsFrom: number;
   /** The first key of an empty database signs at once. */
   signsNow: boolean;
 }
 
-/** Adds a key (generated or imported): published now, signing after the delay, or at once if it is the only key. */
+/** Adds a key (generated or imported): published now, signing after each server's delay, or at once if it is the only key. */
 export async function addKey(db: Database, encryption: KeyEncryption, times: ScheduleTimes, privateKey: KeyObject, origin: string, options: { onlyIfNone?: boolean } = {}): Promise<Added | undefined> {
   checkSigningKey(privateKey);
   return locked(db, async (trx, now) => {
     const others = await activeKids(trx, encryption);
     if (options.onlyIfNone && others > 0) return undefined;
-    const signsFrom = others === 0 ? now : now + signingDelay(times);
-    const { kid, inserted } = await insert(trx, encryption, { privateKey, origin, publishedAt: now, signsFrom });
-    return { kid, added: inserted, signsFrom, signsNow: others === 0 };
+    const { kid, inserted } = await insert(trx, encryption, { privateKey, origin, publishedAt: now, signsFrom: others === 0 ? now : null });
+    return { kid, added: inserted, signsFrom: others === 0 ? now : now + signingDelay(times), signsNow: others === 0 };
   });
 }
 
@@ -362,7 +367,7 @@ export interface Retired {
  */
 export async function retireKey(db: Database, encryption: KeyEncryption, times: ScheduleTimes, kid: string, options: { force?: boolean } = {}): Promise<Retired> {
   return locked(db, async (trx, now) => {
-    const set = await lockedSet(trx, encryption, now);
+    const set = await lockedSet(trx, encryption, now, times);
     const key = set.all.find((k) => k.kid === kid);
     if (!key) throw new KeyRefusal(`no signing key ${kid} in the database`);
     if (key.retiredAt !== undefined) throw new KeyRefusal(`key ${kid} is already retired`);
@@ -466,7 +471,7 @@ export async function importLegacyKeys(db: Database, encryption: KeyEncryption, 
     for (const [i, { privateKey }] of legacy.active.entries()) {
       const { kid } = await publicJwk(privateKey);
       if (known.has(kid)) continue;
-      const signsFrom = empty && i <= signerAt ? now : now + signingDelay(times);
+      const signsFrom = empty && i <= signerAt ? now : null;
       if ((await insert(trx, encryption, { privateKey, origin: 'file', publishedAt: now, signsFrom })).inserted) imported.push(kid);
     }
     for (const key of legacy.retired) {
@@ -520,7 +525,7 @@ export async function rotate(db: Database, encryption: KeyEncryption, times: Sch
     const done: { generated?: string; retired: string[]; replaces?: string } = { retired: [] };
     for (const kid of still.retire) done.retired.push((await retire(trx, encryption, times, kid, now)).kid);
     if (still.generate && privateKey && set.signer) {
-      const { kid } = await insert(trx, encryption, { privateKey, origin: 'rotation', publishedAt: now, signsFrom: now + signingDelay(times), replaces: set.signer.kid });
+      const { kid } = await insert(trx, encryption, { privateKey, origin: 'rotation', publishedAt: now, signsFrom: null, replaces: set.signer.kid });
       done.generated = kid;
       done.replaces = set.signer.kid;
     }
