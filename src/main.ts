@@ -23,7 +23,7 @@ import { ensureDevTls } from './keys/dev-tls.ts';
 import { keyEncryption } from './keys/key-encryption.ts';
 import { readKeyFiles } from './keys/key-files.ts';
 import { reloadKeys } from './keys/key-reloader.ts';
-import { addKey, generateSigningKey, importLegacyKeys, loadKeys, requireDecryptable, type KeySet } from './keys/signing-keys.ts';
+import { addKey, generateSigningKey, importLegacyKeys, loadKeys, requireDecryptable, sealOlderRows, type KeySet } from './keys/signing-keys.ts';
 import { createLogger, onDroppedLine, type Logger } from './log.ts';
 import { clusterMetricsSource, createMetrics } from './metrics.ts';
 import { createBruteForce } from './oauth/brute-force.ts';
@@ -63,6 +63,8 @@ async function prepareKeys(settings: Settings, database: OpenDatabase, logger: L
       logger.info({ kids: imported, files: files.files }, 'imported the signing-key files of an earlier version: the database holds them now, encrypted, and the files may be deleted');
     }
   }
+  const older = await sealOlderRows(database.db, encryption);
+  if (older.sealed.length) logger.info({ kids: older.sealed }, 'sealed the signing keys of an earlier version: their private parts decrypt and match their kids');
   const keys = await loadKeys(database.db, encryption, times);
   requireDecryptable(keys);
   if (!keys.signer) {
@@ -231,7 +233,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
         kid: key.kid, state: key === current.signer ? 'signing' : key.retiredAt ? 'retired' : 'published', ageSeconds: now - key.publishedAt,
       }));
     });
-    const ready = () => readiness(deps.pingDatabase, current.signer?.kid);
+    const ready = () => readiness(deps.pingDatabase, lifecycle.notSigning ? undefined : current.signer?.kid);
     if (cluster.isWorker) {
       answerPrimary(READY, async () => ({ worker: cluster.worker?.id, ...await ready() }));
     } else {
@@ -256,6 +258,10 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       onChange: (next: KeySet) => {
         handler = buildApp(deps, next).callback();
         current = next;
+        lifecycle.notSigning = false;
+      },
+      onHalt: () => {
+        lifecycle.notSigning = true;
       },
       onRotation: (event) => metrics.keyRotations.inc({ event }),
     });

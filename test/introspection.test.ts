@@ -123,6 +123,9 @@ test('a token signed with our key is inactive when any rule is broken', async ()
     // Our audience plus a number: only the verifier's type check can refuse this one.
     ['a non-string in aud', header, { ...claims, aud: [claims.aud, 42] }],
     ['nbf in the future', header, { ...claims, nbf: now + 60 }],
+    // Tokens this server would never issue: a signature is not enough (a key slipped into /jwks could make them).
+    ['a lifetime past MAX_ACCESS_TOKEN_TTL', header, { ...claims, iat: now - 60, exp: now + 3600 }],
+    ['a scope the client does not have', header, { ...claims, scope: 'orders:read orders:write' }],
   ];
   for (const [what, h, c] of broken) {
     expect([what, (await introspect(await forge(h, c))).body]).toEqual([what, { active: false }]);

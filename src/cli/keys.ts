@@ -30,10 +30,13 @@ async function withDatabase<T>(work: (database: OpenDatabase) => Promise<T>): Pr
   }
 }
 
+/** The time to sign from is each server's own: the one shown is what this command's settings give. */
 function reportAdded(json: boolean | undefined, added: Added, verb: string): void {
   const signsFrom = added.signsNow ? 'now' : iso(added.signsFrom);
   say(json, { kid: added.kid, state: added.signsNow ? 'signing' : 'pending', signs_from: signsFrom }, [
-    `${verb} ${added.kid}: published now, signs from ${signsFrom}.`,
+    added.signsNow
+      ? `${verb} ${added.kid}: published and signing now.`
+      : `${verb} ${added.kid}: published now; each server signs with it once it has been published for that server's JWKS_MAX_AGE + KEYS_RELOAD_SECONDS (with this command's settings: from ${signsFrom}).`,
   ]);
 }
 
@@ -70,8 +73,8 @@ program.command('list')
   .description('list the signing keys and their state')
   .option('--json', 'print one JSON array')
   .action((options: { json?: boolean }) => run(async () => {
-    const set = await withDatabase(({ db }) => loadKeys(db));
-    const rows = set.all.map((k) => ({
+    const set = await withDatabase(({ db }) => loadKeys(db, keyEncryption(settings), times));
+    const rows: Record<string, string | null>[] = set.all.map((k) => ({
       kid: k.kid,
       state: stateOf(k, set),
       published_at: iso(k.publishedAt),
@@ -82,14 +85,20 @@ program.command('list')
       origin: k.origin,
       replaces: k.replaces ?? null,
     }));
+    // Shown, never used: the servers leave them out of /jwks and out of the schedule.
+    for (const r of set.rejected) rows.push({ kid: r.kid, state: 'rejected', reason: r.reason });
     if (options.json) {
       process.stdout.write(`${JSON.stringify(rows)}\n`);
       return;
     }
     if (!rows.length) process.stdout.write('no signing keys\n');
     for (const r of rows) {
+      if (r.state === 'rejected') {
+        process.stdout.write(`${r.kid}  rejected   ${r.reason}\n`);
+        continue;
+      }
       const when = r.retired_at ? `retired ${r.retired_at}, unpublished from ${r.unpublish_at}` : `published ${r.published_at}, signs from ${r.signs_from}, encrypted under ${r.kek_id}`;
-      process.stdout.write(`${r.kid}  ${r.state.padEnd(9)}  ${when}\n`);
+      process.stdout.write(`${r.kid}  ${(r.state ?? '').padEnd(9)}  ${when}\n`);
     }
   }));
 
@@ -98,7 +107,7 @@ program.command('retire <kid>')
   .option('--force', 'retire the signer even before its successor has been published long enough to take over')
   .option('--json', 'print one JSON object')
   .action((kid: string, options: { force?: boolean; json?: boolean }) => run(async () => {
-    const retired = await withDatabase(({ db }) => retireKey(db, times, kid, { force: options.force ?? false }));
+    const retired = await withDatabase(({ db }) => retireKey(db, keyEncryption(settings), times, kid, { force: options.force ?? false }));
     say(options.json, { kid, state: 'retired', retired_at: iso(retired.retiredAt), unpublish_at: iso(retired.unpublishAt) }, [
       `Retired ${kid}: its private key is deleted; it stays in /jwks until ${iso(retired.unpublishAt)}.`,
     ]);
@@ -112,8 +121,9 @@ program.command('reencrypt')
     const done = await withDatabase(({ db }) => reencryptKeys(db, encryption).catch((err: unknown) => {
       throw new InputError(`${(err as Error).message}; nothing was changed`);
     }));
-    say(options.json, { kek_id: encryption.current.id, reencrypted: done.reencrypted, already: done.kept, secrets: done.secrets }, [
+    say(options.json, { kek_id: encryption.current.id, reencrypted: done.reencrypted, already: done.kept, secrets: done.secrets, rejected: done.rejected }, [
       `Re-encrypted ${done.reencrypted.length} key(s) under key-encryption key ${encryption.current.id}; ${done.kept.length} already were.`,
+      ...(done.rejected.length ? [`Left alone ${done.rejected.length} row(s) that are not authentic (see \`keys list\`): ${done.rejected.join(', ')}.`] : []),
       ...(encryption.keks.length > 1 ? ['Every key now decrypts with the first key-encryption key alone: the others can be removed from KEYS_ENCRYPTION_KEY.'] : []),
     ]);
   }));

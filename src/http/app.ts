@@ -50,6 +50,8 @@ export interface AppDeps {
 export interface Lifecycle {
   draining: boolean;
   inFlight: number;
+  /** Set while this instance must not sign (its signer retired, the next one unusable): /token answers 503. */
+  notSigning?: boolean;
 }
 
 /**
@@ -149,6 +151,11 @@ function frontDoor(deps: AppDeps, signingKid: string | undefined): Middleware {
       ctx.set('allow', methods.join(', '));
       return jsonError(ctx, 405, 'invalid_request', `use ${methods.join(' or ')} on ${ctx.path}`);
     }
+    // Before any client is authenticated: the refusal is ours, not the client's.
+    if (lifecycle.notSigning && ctx.path === '/token') {
+      recordRefusal(ctx, 'no usable signing key');
+      return jsonError(ctx, 503, 'temporarily_unavailable', 'this instance cannot sign tokens right now; retry later');
+    }
     if (ctx.method === 'POST') {
       const length = ctx.get('content-length');
       if (length === '') return jsonError(ctx, 411, 'invalid_request', 'a Content-Length header is required');
@@ -202,7 +209,7 @@ export function buildApp(deps: AppDeps, keys: KeySet): Provider {
     settings, issuers: deps.issuers, keys: deps.issuerKeys, algorithms: ASSERTION_ALGS, clockTolerance: CLOCK_TOLERANCE, unlessStorageDown,
   });
   const verifier = tokenVerifier(settings.issuer, keys);
-  const tokenDeps = { verify: () => verifier, registry, revocations };
+  const tokenDeps = { verify: () => verifier, registry, revocations, maxTokenTtl: settings.maxAccessTokenTtl };
   // Serialised once per key set: these answers are the same for every caller.
   const jwks = JSON.stringify({ keys: keys.published.map((k) => k.jwk) });
   const discovery = JSON.stringify(metadata(settings));
@@ -214,7 +221,7 @@ export function buildApp(deps: AppDeps, keys: KeySet): Provider {
   });
   router.get('/readyz', async (ctx) => {
     ctx.set('cache-control', 'no-store');
-    const { ready, body } = await readiness(deps.pingDatabase, keys.signer?.kid);
+    const { ready, body } = await readiness(deps.pingDatabase, deps.lifecycle.notSigning ? undefined : keys.signer?.kid);
     ctx.status = ready ? 200 : 503;
     ctx.body = body;
   });

@@ -3,7 +3,11 @@
 // (a hash of it), so the KEK can rotate: the first of the list encrypts, every one decrypts,
 // and `keys reencrypt` moves every key to the first. The kid is authenticated with the
 // ciphertext: a private key copied into another key's row does not decrypt.
-import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
+//
+// The same KEKs seal what is stored in clear (a signing key's public part and schedule):
+// an HMAC under a key derived from each KEK of the list, so an instance holding any one of
+// them (old or new, during a KEK rollout) can check a row written by another.
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -17,14 +21,19 @@ export const DEV_KEK_FILE = 'dev-keys-encryption-key';
 export interface KeyEncryptionKey {
   id: string;
   key: Buffer;
+  /** Derived from `key` for sealing only: the AES key itself never keys an HMAC. */
+  macKey: Buffer;
 }
+
+/** `valid`: under every KEK of ours it names; `unknown`: under none of ours. */
+export type SealCheck = 'valid' | 'invalid' | 'unknown';
 
 export class KeyEncryption {
   readonly keks: readonly KeyEncryptionKey[];
 
   constructor(keys: Buffer[]) {
     if (keys.length === 0) throw new Error('no key-encryption key');
-    this.keks = keys.map((key) => ({ key, id: kekId(key) }));
+    this.keks = keys.map((key) => ({ key, id: kekId(key), macKey: createHmac('sha256', key).update('m2m-row-seal').digest() }));
   }
 
   /** The KEK that encrypts. */
@@ -54,6 +63,27 @@ export class KeyEncryption {
     } catch {
       throw new Error(`key ${kid} does not decrypt under key-encryption key ${id}: the stored key or the key-encryption key is not the one it was encrypted with`);
     }
+  }
+
+  /** A seal of `data` under every KEK of the list: `<kek id>.<HMAC-SHA256>`, comma-separated. */
+  seal(data: Buffer): string {
+    return this.keks.map((kek) => `${kek.id}.${createHmac('sha256', kek.macKey).update(data).digest('base64url')}`).join(',');
+  }
+
+  /** Checks each tag made under a KEK of ours, in constant time; tags under other KEKs are not ours to judge. */
+  checkSeal(data: Buffer, seal: string): SealCheck {
+    let checked = 0;
+    let valid = true;
+    for (const tag of seal.split(',')) {
+      const [id, mac = ''] = tag.split('.', 2) as [string, string?];
+      const kek = this.keks.find((k) => k.id === id);
+      if (!kek) continue;
+      checked += 1;
+      const expected = createHmac('sha256', kek.macKey).update(data).digest();
+      const given = Buffer.from(mac, 'base64url');
+      valid = given.length === expected.length && timingSafeEqual(given, expected) && valid;
+    }
+    return checked === 0 ? 'unknown' : valid ? 'valid' : 'invalid';
   }
 }
 

@@ -6,7 +6,7 @@
 import type { Logger } from '../log.ts';
 import type { Database } from '../storage/database.ts';
 import type { KeyEncryption } from './key-encryption.ts';
-import { loadKeys, rotate, type KeySet, type ScheduleTimes } from './signing-keys.ts';
+import { loadKeys, rotate, sealOlderRows, type KeySet, type ScheduleTimes } from './signing-keys.ts';
 
 export interface KeyReloaderOptions {
   db: Database;
@@ -19,6 +19,8 @@ export interface KeyReloaderOptions {
   current: KeySet;
   /** A set that differs in its signer or published keys: serve it. */
   onChange(next: KeySet): void;
+  /** The current signer is retired and the scheduled one cannot be used: issue nothing until `onChange`. */
+  onHalt(): void;
   onRotation?(event: 'generated' | 'retired'): void;
 }
 
@@ -28,14 +30,26 @@ export interface KeyReloader {
   stop(): void;
 }
 
+/** Rows that are not authentic, logged when they change: an operator learns of a row slipped into the table, not of its key. */
+export function logRejected(logger: Logger, set: KeySet, before = ''): string {
+  const seen = set.rejected.map((r) => `${r.kid}:${r.reason}`).join(',');
+  if (seen !== before) for (const { kid, reason } of set.rejected) logger.error({ kid, reason }, 'a signing_keys row is not authentic: it is neither published nor trusted');
+  return seen;
+}
+
 export function reloadKeys(options: KeyReloaderOptions): KeyReloader {
   const { db, encryption, times, rotationSeconds, logger } = options;
   let current = options.current;
+  let rejected = logRejected(logger, current);
+  let halted = false;
   let running: Promise<void> | undefined;
   let again = false;
 
   const once = async (reason: string) => {
     let next = await loadKeys(db, encryption, times);
+    // An instance of an earlier version, still running during an upgrade, adds keys unsealed.
+    if (next.rejected.some((r) => r.unsealed) && (await sealOlderRows(db, encryption)).sealed.length) next = await loadKeys(db, encryption, times);
+    rejected = logRejected(logger, next, rejected);
     const rotated = await rotate(db, encryption, times, rotationSeconds, next);
     if (rotated.generated) {
       logger.info({ kid: rotated.generated, replaces: rotated.replaces }, 'automatic rotation: generated the successor of the signing key');
@@ -47,12 +61,25 @@ export function reloadKeys(options: KeyReloaderOptions): KeyReloader {
     }
     if (rotated.generated || rotated.retired.length) next = await loadKeys(db, encryption, times);
     for (const problem of next.problems) logger.error({ problem }, 'a signing key does not decrypt with KEYS_ENCRYPTION_KEY');
-    if (next.fingerprint === current.fingerprint) return;
-    // Never sign with something other than the schedule's signer: keep serving the current set.
+    if (next.fingerprint === current.fingerprint && !halted) return;
     if (!next.signer?.privateKey) {
-      logger.error({ signer: next.signer?.kid ?? null }, 'the scheduled signing key cannot be used; keeping the current keys');
+      // Until the database retires it, the current signer is still published everywhere: keep it.
+      const signer = current.signer?.kid;
+      if (next.all.some((k) => k.kid === signer && k.retiredAt === undefined)) {
+        logger.error({ signer: next.signer?.kid ?? null, kek_id: next.signer?.kekId ?? null }, 'the scheduled signing key cannot be used; keeping the current keys');
+        return;
+      }
+      // Retired: its tokens would fail wherever /jwks no longer has it. Stop issuing instead (503, not ready).
+      if (!halted) {
+        halted = true;
+        logger.error({
+          kid: next.signer?.kid ?? null, kek_id: next.signer?.kekId ?? null, retired: signer ?? null, have: encryption.keks.map((k) => k.id),
+        }, 'the signing key was retired and the scheduled one cannot be used (its key-encryption key is not in KEYS_ENCRYPTION_KEY?): not issuing tokens');
+        options.onHalt();
+      }
       return;
     }
+    halted = false;
     logger.info({ signer: next.signer.kid, published: next.published.map((k) => k.kid), reason }, 'signing keys changed');
     current = next;
     options.onChange(next);

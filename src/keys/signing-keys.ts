@@ -2,12 +2,19 @@
 // in /jwks from the moment it is added, and signs only once it has been published for
 // longer than /jwks may be cached plus the time a running server takes to notice it, so no
 // resource API meets a kid it has not seen; the newest such key signs (the first key of an
-// empty database at once). Retiring a key deletes its private part and keeps its public
+// empty database at once). That delay is each server's own (its JWKS_MAX_AGE and
+// KEYS_RELOAD_SECONDS): the row stores no time to sign from, since whoever adds a key (a
+// deploy job running `keys generate` with default settings) does not know them. Retiring a key deletes its private part and keeps its public
 // part published until no token it signed can still be unexpired. Every time is the
 // database's clock, and every change is made under one advisory lock: all instances reach
 // the same answer, and two of them racing to add a key add it once.
+//
+// The private part is encrypted, and the rest of a row (public JWK, schedule, origin) is
+// sealed under the key-encryption keys by whoever writes it (the servers and the `keys`
+// command all hold them). A row whose seal does not verify, or whose kid is not its JWK's
+// thumbprint, is left out of the set: never published, never trusted, never signing.
 import { createPrivateKey, createPublicKey, generateKeyPair, type KeyObject } from 'node:crypto';
-import { promisify } from 'node:util';
+import { isDeepStrictEqual, promisify } from 'node:util';
 
 import { calculateJwkThumbprint, type JWK } from 'jose';
 
@@ -44,8 +51,10 @@ export interface SigningKey {
   kekId?: string;
   /** Epoch seconds, database clock: when the key was published. */
   publishedAt: number;
-  /** Epoch seconds: when the key may start signing. */
+  /** Epoch seconds: when the key may start signing (once scheduled by a server's settings). */
   signsFrom: number;
+  /** Stored without a time to sign from: it signs after each server's own delay. */
+  ownDelay?: boolean;
   /** Epoch seconds, retired keys only: when it was retired and when it leaves /jwks. */
   retiredAt?: number;
   unpublishAt?: number;
@@ -68,8 +77,17 @@ export interface KeySet {
   fingerprint: string;
   /** The database's clock when the set was read, epoch seconds. */
   now: number;
-  /** Keys whose private part could not be decrypted, and why. */
+  /** Keys whose private part could not be decrypted, or sealed under none of our KEKs, and why. */
   problems: string[];
+  /** Rows left out because they are not authentic (no kid or key material in `reason`). */
+  rejected: Rejected[];
+}
+
+export interface Rejected {
+  kid: string;
+  reason: string;
+  /** No seal at all: an earlier version's row, which `sealOlderRows` may vouch for. */
+  unsealed: boolean;
 }
 
 /** An operator's request the schedule refuses (the CLI prints it as one line). */
@@ -84,16 +102,25 @@ interface Row {
   origin: string;
   replaces: string | null;
   published_at: number;
-  signs_from: number;
+  /** Null: after each server's own delay; a time: at once (<= published_at) or an earlier version's stored time. */
+  signs_from: number | null;
   retired_at: number | null;
   unpublish_at: number | null;
+  seal: string | null;
+  /** The times in whole microseconds, exactly as stored: what the seal covers. */
+  published_us: string;
+  signs_from_us: string | null;
+  retired_us: string | null;
+  unpublish_us: string | null;
 }
 
-const COLUMNS = `id, kid, public_jwk, kek_id, private_key_encrypted, origin, replaces,
+const TIMES = ['published', 'signs_from', 'retired', 'unpublish'] as const;
+const COLUMNS = `id, kid, public_jwk, kek_id, private_key_encrypted, origin, replaces, seal,
   extract(epoch FROM published_at)::float8 AS published_at,
   extract(epoch FROM signs_from)::float8 AS signs_from,
   extract(epoch FROM retired_at)::float8 AS retired_at,
-  extract(epoch FROM unpublish_at)::float8 AS unpublish_at`;
+  extract(epoch FROM unpublish_at)::float8 AS unpublish_at,
+  ${TIMES.map((t) => `(extract(epoch FROM ${t === 'signs_from' ? t : `${t}_at`}) * 1000000)::bigint::text AS ${t}_us`).join(', ')}`;
 
 async function rows(db: Database): Promise<Row[]> {
   const result = await db.raw(`SELECT ${COLUMNS} FROM signing_keys ORDER BY published_at, id`);
@@ -105,19 +132,87 @@ async function clock(db: Database, sql = 'now()'): Promise<number> {
   return Number((result as { rows: { now: number }[] }).rows[0]!.now);
 }
 
+const jwkOf = (row: Row): JWK => (typeof row.public_jwk === 'string' ? JSON.parse(row.public_jwk) as JWK : row.public_jwk);
+
+/** What a row's seal covers: every column but its insertion order, the JWK with its members sorted (jsonb reorders them). */
+function sealedData(row: Row): Buffer {
+  const jwk = jwkOf(row) as Record<string, unknown>;
+  const sorted = Object.fromEntries(Object.keys(jwk).sort().map((name) => [name, jwk[name]]));
+  return Buffer.from(JSON.stringify([
+    'm2m-signing-key-row', row.kid, sorted, row.kek_id, row.private_key_encrypted, row.origin, row.replaces,
+    row.published_us, row.signs_from_us, row.retired_us, row.unpublish_us,
+  ]));
+}
+
+/** A public RSA JWK whose thumbprint is the row's kid; else why not. */
+async function jwkMismatch(row: Row): Promise<string | undefined> {
+  const jwk = jwkOf(row);
+  if (jwk.kty !== 'RSA' || typeof jwk.n !== 'string' || typeof jwk.e !== 'string' || 'd' in jwk) return 'its JWK is not a public RSA key';
+  return await calculateJwkThumbprint(jwk, 'sha256') === row.kid ? undefined : 'its kid is not the RFC 7638 thumbprint of its JWK';
+}
+
+type Verdict = { ok: true } | { ok: false; problem: string } | { ok: false; rejected: Rejected };
+
+async function authenticate(row: Row, encryption: KeyEncryption): Promise<Verdict> {
+  const reject = (reason: string, unsealed = false): Verdict => ({ ok: false, rejected: { kid: row.kid, reason, unsealed } });
+  if (!row.seal) return reject('it has no seal (written by an earlier version, or by someone without the key-encryption key)', true);
+  const check = encryption.checkSeal(sealedData(row), row.seal);
+  if (check === 'unknown') {
+    const ids = row.seal.split(',').map((tag) => tag.split('.')[0]).join(', ');
+    return { ok: false, problem: `key ${row.kid} is sealed under key-encryption key(s) ${ids}, none of which is in KEYS_ENCRYPTION_KEY (it has ${encryption.keks.map((k) => k.id).join(', ')})` };
+  }
+  if (check === 'invalid') return reject('its seal does not verify: the row was changed by someone without the key-encryption key');
+  const mismatch = await jwkMismatch(row);
+  return mismatch ? reject(mismatch) : { ok: true };
+}
+
+/**
+ * The authentic rows as keys, in table order. With `decrypt`, their private parts too (a
+ * failure is a problem: the wrong KEYS_ENCRYPTION_KEY, not an attack).
+ */
+async function readKeys(db: Database, encryption: KeyEncryption, decrypt: boolean): Promise<{ keys: SigningKey[]; problems: string[]; rejected: Rejected[] }> {
+  const problems: string[] = [];
+  const rejected: Rejected[] = [];
+  const keys: SigningKey[] = [];
+  for (const row of await rows(db)) {
+    // A private part under a KEK we lack says more than the seal does: name that first.
+    if (row.kek_id && !encryption.keks.some((k) => k.id === row.kek_id)) {
+      problems.push(`key ${row.kid} is encrypted under key-encryption key ${row.kek_id}, which is not in KEYS_ENCRYPTION_KEY (it has ${encryption.keks.map((k) => k.id).join(', ')})`);
+    }
+    const verdict = await authenticate(row, encryption);
+    if (!verdict.ok) {
+      if ('rejected' in verdict) rejected.push(verdict.rejected);
+      else if (!row.kek_id || encryption.keks.some((k) => k.id === row.kek_id)) problems.push(verdict.problem);
+      continue;
+    }
+    keys.push(toKey(row, decrypt ? encryption : undefined, problems));
+  }
+  return { keys, problems, rejected };
+}
+
+/** Seals rows `kids` as they are now in the table (after the statement that changed them). */
+async function seal(trx: Database, encryption: KeyEncryption, kids: string[]): Promise<void> {
+  for (const kid of kids) {
+    const result = await trx.raw(`SELECT ${COLUMNS} FROM signing_keys WHERE kid = ?`, [kid]);
+    const row = (result as { rows: Row[] }).rows[0];
+    if (row) await trx.raw('UPDATE signing_keys SET seal = ? WHERE kid = ?', [encryption.seal(sealedData(row)), kid]);
+  }
+}
+
 function toKey(row: Row, encryption: KeyEncryption | undefined, problems: string[]): SigningKey {
   const key: SigningKey = {
     kid: row.kid,
-    jwk: typeof row.public_jwk === 'string' ? JSON.parse(row.public_jwk) as JWK : row.public_jwk,
+    jwk: jwkOf(row),
     publishedAt: Number(row.published_at),
-    signsFrom: Number(row.signs_from),
+    signsFrom: row.signs_from === null ? Number(row.published_at) : Number(row.signs_from),
+    ownDelay: row.signs_from === null,
     origin: row.origin,
     order: Number(row.id),
     ...(row.kek_id ? { kekId: row.kek_id } : {}),
     ...(row.replaces ? { replaces: row.replaces } : {}),
     ...(row.retired_at !== null ? { retiredAt: Number(row.retired_at), unpublishAt: Number(row.unpublish_at) } : {}),
   };
-  if (encryption && row.kek_id && row.private_key_encrypted) {
+  if (encryption && row.kek_id && row.private_key_encrypted && encryption.keks.some((k) => k.id === row.kek_id)) {
     try {
       const der = encryption.decrypt(row.kid, row.kek_id, row.private_key_encrypted);
       key.privateKey = createPrivateKey({ key: der, format: 'der', type: 'pkcs8' });
@@ -129,24 +224,22 @@ function toKey(row: Row, encryption: KeyEncryption | undefined, problems: string
 }
 
 /**
- * A key as a server with `times` applies it. The stored times come from whoever added or
- * retired the key (the `keys` command with its own settings, maybe the defaults); a server
- * whose /jwks is cached longer, or whose tokens live longer, never signs sooner or
- * unpublishes sooner than its own settings allow. A key stored to sign at once (the first
- * of an empty database, a former signer imported from files) still does.
+ * A key as a server with `times` applies it: it signs `signingDelay` after it was published.
+ * A key stored to sign at once (the first of an empty database, a former signer imported
+ * from files) still does; a time an earlier version stored is kept if it is later. A
+ * retired key's unpublish time was stored by whoever retired it: a server whose tokens live
+ * longer keeps it published longer.
  */
 function withOwnDelays(key: SigningKey, times: ScheduleTimes): SigningKey {
-  const signsFrom = key.signsFrom <= key.publishedAt ? key.signsFrom : Math.max(key.signsFrom, key.publishedAt + signingDelay(times));
+  const own = key.publishedAt + signingDelay(times);
+  const signsFrom = key.ownDelay ? own : key.signsFrom <= key.publishedAt ? key.signsFrom : Math.max(key.signsFrom, own);
   if (key.retiredAt === undefined) return { ...key, signsFrom };
   return { ...key, signsFrom, unpublishAt: Math.max(key.unpublishAt!, key.retiredAt + unpublishDelay(times)) };
 }
 
-/**
- * Which key signs and which are published at `now`: the rules of the schedule, nothing else.
- * With `times` (a server's), as that server applies them; without, the stored times.
- */
-export function scheduleOf(stored: SigningKey[], now: number, problems: string[] = [], times?: ScheduleTimes): KeySet {
-  const all = times ? stored.map((k) => withOwnDelays(k, times)) : stored;
+/** Which key signs and which are published at `now`, as a server with `times` applies the rules. */
+export function scheduleOf(stored: SigningKey[], now: number, times: ScheduleTimes, problems: string[] = [], rejected: Rejected[] = []): KeySet {
+  const all = stored.map((k) => withOwnDelays(k, times));
   const sorted = [...all].sort((a, b) => a.publishedAt - b.publishedAt || a.order - b.order);
   const active = sorted.filter((k) => k.retiredAt === undefined);
   const ready = active.filter((k) => k.signsFrom <= now);
@@ -155,7 +248,7 @@ export function scheduleOf(stored: SigningKey[], now: number, problems: string[]
   const published = sorted.filter((k) => k.retiredAt === undefined || now < k.unpublishAt!);
   published.sort((a, b) => (a === signer ? -1 : b === signer ? 1 : 0));
   const fingerprint = [signer?.kid ?? '-', ...published.map((k) => k.kid)].join(',');
-  return { signer, published, all: sorted, fingerprint, now, problems };
+  return { signer, published, all: sorted, fingerprint, now, problems, rejected };
 }
 
 export function stateOf(key: SigningKey, set: KeySet, at = set.now): KeyState {
@@ -165,14 +258,20 @@ export function stateOf(key: SigningKey, set: KeySet, at = set.now): KeyState {
 }
 
 /**
- * The keys as of the database's clock now. With `encryption`, active keys' private parts
- * are decrypted (a failure is listed in `problems`); without, only the schedule is read.
- * With `times`, scheduled as a server with those settings serves them; without, as stored.
+ * The authentic keys as of the database's clock now, scheduled as a server with `times`
+ * serves them, active keys' private parts decrypted (a failure is listed in `problems`; a
+ * row that is not authentic, in `rejected`).
  */
-export async function loadKeys(db: Database, encryption?: KeyEncryption, times?: ScheduleTimes): Promise<KeySet> {
+export async function loadKeys(db: Database, encryption: KeyEncryption, times: ScheduleTimes): Promise<KeySet> {
   const now = await clock(db);
-  const problems: string[] = [];
-  return scheduleOf((await rows(db)).map((row) => toKey(row, encryption, problems)), now, problems, times);
+  const { keys, problems, rejected } = await readKeys(db, encryption, true);
+  return scheduleOf(keys, now, times, problems, rejected);
+}
+
+/** Under the lock: the authentic keys, scheduled (private parts left encrypted). */
+async function lockedSet(trx: Database, encryption: KeyEncryption, now: number, times: ScheduleTimes): Promise<KeySet> {
+  const { keys, problems, rejected } = await readKeys(trx, encryption, false);
+  return scheduleOf(keys, now, times, problems, rejected);
 }
 
 /** At start, a key that does not decrypt is a wrong or missing KEYS_ENCRYPTION_KEY: never run without it. */
@@ -210,7 +309,8 @@ interface Insert {
   privateKey: KeyObject;
   origin: string;
   publishedAt: number;
-  signsFrom: number;
+  /** At once (the first key), or null: after each server's own delay. */
+  signsFrom: number | null;
   replaces?: string;
 }
 
@@ -223,32 +323,35 @@ async function insert(trx: Database, encryption: KeyEncryption, key: Insert): Pr
      ON CONFLICT (kid) DO NOTHING RETURNING kid`,
     [kid, JSON.stringify(jwk), kekId, ciphertext, key.origin, key.replaces ?? null, key.publishedAt, key.signsFrom],
   );
-  return { kid, inserted: (result as { rows: unknown[] }).rows.length === 1 };
+  const inserted = (result as { rows: unknown[] }).rows.length === 1;
+  if (inserted) await seal(trx, encryption, [kid]);
+  return { kid, inserted };
 }
 
-async function activeKids(trx: Database): Promise<number> {
-  const result = await trx.raw('SELECT count(*)::int AS n FROM signing_keys WHERE retired_at IS NULL');
-  return Number((result as { rows: { n: number }[] }).rows[0]!.n);
+/** Active rows, but for those that are not authentic: a row slipped into the table never makes a first key wait. */
+async function activeKids(trx: Database, encryption: KeyEncryption): Promise<number> {
+  const { rejected } = await readKeys(trx, encryption, false);
+  return (await rows(trx)).filter((r) => r.retired_at === null && !rejected.some((x) => x.kid === r.kid)).length;
 }
 
 export interface Added {
   kid: string;
   /** False when the database has the key already. */
   added: boolean;
+  /** When it signs at a server with the adding process's settings (its own estimate; not stored). */
   signsFrom: number;
   /** The first key of an empty database signs at once. */
   signsNow: boolean;
 }
 
-/** Adds a key (generated or imported): published now, signing after the delay, or at once if it is the only key. */
+/** Adds a key (generated or imported): published now, signing after each server's delay, or at once if it is the only key. */
 export async function addKey(db: Database, encryption: KeyEncryption, times: ScheduleTimes, privateKey: KeyObject, origin: string, options: { onlyIfNone?: boolean } = {}): Promise<Added | undefined> {
   checkSigningKey(privateKey);
   return locked(db, async (trx, now) => {
-    const others = await activeKids(trx);
+    const others = await activeKids(trx, encryption);
     if (options.onlyIfNone && others > 0) return undefined;
-    const signsFrom = others === 0 ? now : now + signingDelay(times);
-    const { kid, inserted } = await insert(trx, encryption, { privateKey, origin, publishedAt: now, signsFrom });
-    return { kid, added: inserted, signsFrom, signsNow: others === 0 };
+    const { kid, inserted } = await insert(trx, encryption, { privateKey, origin, publishedAt: now, signsFrom: others === 0 ? now : null });
+    return { kid, added: inserted, signsFrom: others === 0 ? now : now + signingDelay(times), signsNow: others === 0 };
   });
 }
 
@@ -262,9 +365,9 @@ export interface Retired {
  * Stops a key signing and deletes its private part. The signer is kept until a successor may
  * sign (`force` only waives the wait, never the successor).
  */
-export async function retireKey(db: Database, times: ScheduleTimes, kid: string, options: { force?: boolean } = {}): Promise<Retired> {
+export async function retireKey(db: Database, encryption: KeyEncryption, times: ScheduleTimes, kid: string, options: { force?: boolean } = {}): Promise<Retired> {
   return locked(db, async (trx, now) => {
-    const set = scheduleOf((await rows(trx)).map((row) => toKey(row, undefined, [])), now);
+    const set = await lockedSet(trx, encryption, now, times);
     const key = set.all.find((k) => k.kid === kid);
     if (!key) throw new KeyRefusal(`no signing key ${kid} in the database`);
     if (key.retiredAt !== undefined) throw new KeyRefusal(`key ${kid} is already retired`);
@@ -274,35 +377,76 @@ export async function retireKey(db: Database, times: ScheduleTimes, kid: string,
       const earliest = new Date(Math.min(...successors.map((k) => k.signsFrom)) * 1000).toISOString();
       throw new KeyRefusal(`key ${kid} signs, and no other key has been published for ${signingDelay(times)} s yet (earliest: ${earliest}); wait, or use --force`);
     }
-    return retire(trx, times, kid, now);
+    return retire(trx, encryption, times, kid, now);
   });
 }
 
-async function retire(trx: Database, times: ScheduleTimes, kid: string, now: number): Promise<Retired> {
+async function retire(trx: Database, encryption: KeyEncryption, times: ScheduleTimes, kid: string, now: number): Promise<Retired> {
   const unpublishAt = now + unpublishDelay(times);
   await trx.raw(
     `UPDATE signing_keys SET retired_at = to_timestamp(?), unpublish_at = to_timestamp(?), kek_id = NULL, private_key_encrypted = NULL
      WHERE kid = ? AND retired_at IS NULL`,
     [now, unpublishAt, kid],
   );
+  await seal(trx, encryption, [kid]);
   return { kid, retiredAt: now, unpublishAt };
 }
 
-/** Re-encrypts every stored private key, and every shared secret, under the first key-encryption key. */
-export async function reencryptKeys(db: Database, encryption: KeyEncryption): Promise<{ reencrypted: string[]; kept: string[]; secrets: string[] }> {
+/**
+ * Re-encrypts every stored private key, and every shared secret, under the first
+ * key-encryption key, and seals every authentic row under exactly the KEKs given (so a KEK
+ * dropped from the list no longer vouches for any row). A row that is not authentic is
+ * left as it is: re-sealing it would vouch for it.
+ */
+export async function reencryptKeys(db: Database, encryption: KeyEncryption): Promise<{ reencrypted: string[]; kept: string[]; secrets: string[]; rejected: string[] }> {
   return locked(db, async (trx) => {
-    const result = { reencrypted: [] as string[], kept: [] as string[], secrets: await reencryptSharedSecrets(trx, encryption) };
-    for (const row of await rows(trx)) {
-      if (!row.kek_id || !row.private_key_encrypted) continue;
-      if (row.kek_id === encryption.current.id) {
+    const { keys, problems, rejected } = await readKeys(trx, encryption, false);
+    if (problems.length) throw new Error(problems[0]);
+    const result = { reencrypted: [] as string[], kept: [] as string[], secrets: await reencryptSharedSecrets(trx, encryption), rejected: rejected.map((r) => r.kid) };
+    const authentic = new Set(keys.map((k) => k.kid));
+    for (const row of (await rows(trx)).filter((r) => authentic.has(r.kid))) {
+      if (row.kek_id && row.private_key_encrypted && row.kek_id !== encryption.current.id) {
+        const { kekId, ciphertext } = encryption.encrypt(row.kid, encryption.decrypt(row.kid, row.kek_id, row.private_key_encrypted));
+        await trx.raw('UPDATE signing_keys SET kek_id = ?, private_key_encrypted = ? WHERE kid = ?', [kekId, ciphertext, row.kid]);
+        result.reencrypted.push(row.kid);
+      } else if (row.kek_id) {
         result.kept.push(row.kid);
-        continue;
       }
-      const { kekId, ciphertext } = encryption.encrypt(row.kid, encryption.decrypt(row.kid, row.kek_id, row.private_key_encrypted));
-      await trx.raw('UPDATE signing_keys SET kek_id = ?, private_key_encrypted = ? WHERE kid = ?', [kekId, ciphertext, row.kid]);
-      result.reencrypted.push(row.kid);
+      await seal(trx, encryption, [row.kid]);
     }
     return result;
+  });
+}
+
+/**
+ * Seals the rows an earlier version left unsealed, when they prove themselves: the private
+ * part decrypts under our KEK (its AES-GCM tag binds it to the kid), the kid is the JWK's
+ * thumbprint, and the JWK is the private key's public part. A retired row has no private
+ * part left to prove anything, so it stays unsealed and unpublished.
+ */
+export async function sealOlderRows(db: Database, encryption: KeyEncryption): Promise<{ sealed: string[]; refused: string[] }> {
+  return locked(db, async (trx) => {
+    const done = { sealed: [] as string[], refused: [] as string[] };
+    for (const row of (await rows(trx)).filter((r) => r.seal === null)) {
+      let proven = false;
+      if (row.kek_id && row.private_key_encrypted && !(await jwkMismatch(row))) {
+        try {
+          const privateKey = createPrivateKey({ key: encryption.decrypt(row.kid, row.kek_id, row.private_key_encrypted), format: 'der', type: 'pkcs8' });
+          const { jwk } = await publicJwk(privateKey);
+          const stored = jwkOf(row);
+          proven = isDeepStrictEqual([jwk.kty, jwk.n, jwk.e], [stored.kty, stored.n, stored.e]);
+        } catch {
+          proven = false;
+        }
+      }
+      if (proven) {
+        await seal(trx, encryption, [row.kid]);
+        done.sealed.push(row.kid);
+      } else {
+        done.refused.push(row.kid);
+      }
+    }
+    return done;
   });
 }
 
@@ -319,14 +463,15 @@ export interface LegacyKeys {
  */
 export async function importLegacyKeys(db: Database, encryption: KeyEncryption, times: ScheduleTimes, legacy: LegacyKeys): Promise<string[]> {
   return locked(db, async (trx, now) => {
+    // Every row, authentic or not: a kid the table has is never added again.
     const known = new Set((await rows(trx)).map((r) => r.kid));
-    const empty = (await activeKids(trx)) === 0;
+    const empty = (await activeKids(trx, encryption)) === 0;
     const imported: string[] = [];
     const signerAt = legacy.active.findIndex((k) => k.signs);
     for (const [i, { privateKey }] of legacy.active.entries()) {
       const { kid } = await publicJwk(privateKey);
       if (known.has(kid)) continue;
-      const signsFrom = empty && i <= signerAt ? now : now + signingDelay(times);
+      const signsFrom = empty && i <= signerAt ? now : null;
       if ((await insert(trx, encryption, { privateKey, origin: 'file', publishedAt: now, signsFrom })).inserted) imported.push(kid);
     }
     for (const key of legacy.retired) {
@@ -336,6 +481,7 @@ export async function importLegacyKeys(db: Database, encryption: KeyEncryption, 
          VALUES (?, ?::jsonb, 'file', to_timestamp(?), to_timestamp(?), to_timestamp(?), to_timestamp(?)) ON CONFLICT (kid) DO NOTHING`,
         [key.kid, JSON.stringify(key.jwk), key.publishedAt, key.publishedAt, key.retiredAt, key.retiredAt + unpublishDelay(times)],
       );
+      await seal(trx, encryption, [key.kid]);
       imported.push(key.kid);
     }
     return imported;
@@ -374,12 +520,12 @@ export async function rotate(db: Database, encryption: KeyEncryption, times: Sch
   // Made before taking the lock, so that the lock is held for milliseconds; a loser's key is dropped.
   const privateKey = due.generate ? await generateSigningKey() : undefined;
   return locked(db, async (trx, now) => {
-    const set = scheduleOf((await rows(trx)).map((row) => toKey(row, undefined, [])), now, [], times);
+    const set = await lockedSet(trx, encryption, now, times);
     const still = rotationDue(set, rotationSeconds);
     const done: { generated?: string; retired: string[]; replaces?: string } = { retired: [] };
-    for (const kid of still.retire) done.retired.push((await retire(trx, times, kid, now)).kid);
+    for (const kid of still.retire) done.retired.push((await retire(trx, encryption, times, kid, now)).kid);
     if (still.generate && privateKey && set.signer) {
-      const { kid } = await insert(trx, encryption, { privateKey, origin: 'rotation', publishedAt: now, signsFrom: now + signingDelay(times), replaces: set.signer.kid });
+      const { kid } = await insert(trx, encryption, { privateKey, origin: 'rotation', publishedAt: now, signsFrom: null, replaces: set.signer.kid });
       done.generated = kid;
       done.replaces = set.signer.kid;
     }

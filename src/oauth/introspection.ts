@@ -1,5 +1,8 @@
 // RFC 7662 for our JWT access tokens (the engine refuses to introspect JWTs). A caller sees
 // a token as active only when it may see the token's audience (`client add --introspect`).
+// A good signature is not enough: a token this server could not have issued (longer-lived
+// than MAX_ACCESS_TOKEN_TTL, or with a scope its client does not have) is inactive too, so
+// a verification key slipped into the key set cannot mint tokens that pass here.
 import type { Middleware } from 'koa';
 import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 
@@ -12,6 +15,8 @@ export interface TokenCheckDeps {
   verify: () => TokenVerifier;
   registry: ClientRegistry;
   revocations: RevocationStore;
+  /** MAX_ACCESS_TOKEN_TTL: the longest `exp - iat` this server issues. */
+  maxTokenTtl: number;
 }
 
 function audiencesOf(claims: AccessTokenClaims): string[] {
@@ -24,15 +29,17 @@ export function tokenParam(ctx: KoaContextWithOIDC): string {
   return token;
 }
 
-/** The claims of a token that is ours, unexpired, unrevoked and whose client is enabled. */
+/** The claims of a token that is ours, unexpired, unrevoked, whose client is enabled and could have been given it. */
 export async function liveToken(deps: TokenCheckDeps, token: string): Promise<AccessTokenClaims | undefined> {
   const claims = await deps.verify()(token);
-  if (!claims) return undefined;
+  if (!claims || claims.exp - claims.iat > deps.maxTokenTtl) return undefined;
   // Without the database, revocation cannot be ruled out: say so rather than guess.
   return unlessStorageDown(async () => {
     if (await deps.revocations.isRevoked(claims.jti)) return undefined;
     const owner = await deps.registry.find(claims.client_id);
-    return owner?.enabled ? claims : undefined;
+    if (!owner?.enabled) return undefined;
+    const scopes = (claims.scope ?? '').split(' ').filter(Boolean);
+    return scopes.every((scope) => owner.scopes.includes(scope)) ? claims : undefined;
   });
 }
 
