@@ -48,7 +48,10 @@ export interface Workspace {
 }
 
 export interface WorkspaceOptions {
-  /** A database with no tables at all, for tests of migrating one (otherwise the template's copy). */
+  /**
+   * A database with no tables (embedded: no data directory until a process makes one), for
+   * tests of migrating one or of what a refused start leaves behind; otherwise the template's copy.
+   */
   emptyDatabase?: boolean;
 }
 
