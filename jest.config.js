@@ -10,6 +10,9 @@ export default {
     }],
   },
   testMatch: ['<rootDir>/test/**/*.test.ts'],
+  // One migrated database per run, copied by every workspace (test/helpers/template.ts).
+  globalSetup: '<rootDir>/test/helpers/global-setup.ts',
+  globalTeardown: '<rootDir>/test/helpers/global-teardown.ts',
   testTimeout: 120_000,
   maxWorkers: 2,
 };

@@ -14,7 +14,7 @@ let workspace: Workspace;
 let env: Record<string, string>;
 
 beforeAll(async () => {
-  workspace = await createWorkspace();
+  workspace = await createWorkspace({}, { emptyDatabase: true });
   env = {
     PATH: process.env.PATH ?? '',
     HOME: process.env.HOME ?? workspace.dir,

@@ -9,7 +9,7 @@ import { createWorkspace, type Workspace } from './helpers/server.ts';
 let workspace: Workspace;
 
 beforeAll(async () => {
-  workspace = await createWorkspace();
+  workspace = await createWorkspace({}, { emptyDatabase: true });
 });
 
 afterAll(async () => {

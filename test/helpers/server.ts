@@ -1,15 +1,18 @@
 // Starts the real server (`node src/main.ts`) on a real port, with its own migrations
-// folder, keys folder and database: embedded PGlite, or a fresh database on the server
-// named by TEST_DATABASE_URL. Tests talk HTTPS to it like any client would.
+// folder, keys folder and database: embedded PGlite, or a database of its own on the server
+// named by TEST_DATABASE_URL, either one holding the project's migrations already (copied
+// from the run's template, see template.ts) unless the test asks for an empty one. Tests
+// talk HTTPS to it like any client would.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
-import pg from 'pg';
 import { Agent, fetch as undiciFetch, type RequestInit, type Response } from 'undici';
+
+import { adminQuery, copyMigrations, currentTemplate, databaseUrl as urlOf } from './template.ts';
 
 export const ROOT = resolve(import.meta.dirname, '..', '..');
 const NODE = process.execPath;
@@ -44,43 +47,32 @@ export interface Workspace {
   remove(): Promise<void>;
 }
 
-async function createDatabase(adminUrl: string): Promise<string> {
+export interface WorkspaceOptions {
+  /**
+   * A database with no tables (embedded: no data directory until a process makes one), for
+   * tests of migrating one or of what a refused start leaves behind; otherwise the template's copy.
+   */
+  emptyDatabase?: boolean;
+}
+
+async function createDatabase(adminUrl: string, template: string | undefined): Promise<string> {
   const name = `m2m_test_${randomBytes(6).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: adminUrl });
-  await admin.connect();
-  try {
-    await admin.query(`CREATE DATABASE ${name}`);
-  } finally {
-    await admin.end();
-  }
-  const url = new URL(adminUrl);
-  url.pathname = `/${name}`;
-  return url.toString();
+  await adminQuery(adminUrl, `CREATE DATABASE ${name}${template ? ` TEMPLATE ${template}` : ''}`);
+  return urlOf(adminUrl, name);
 }
 
-async function dropDatabase(adminUrl: string, databaseUrl: string): Promise<void> {
-  const name = new URL(databaseUrl).pathname.slice(1);
-  const admin = new pg.Client({ connectionString: adminUrl });
-  await admin.connect();
-  try {
-    await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-  } finally {
-    await admin.end();
-  }
-}
-
-export async function createWorkspace(settings: Record<string, string> = {}): Promise<Workspace> {
+export async function createWorkspace(settings: Record<string, string> = {}, options: WorkspaceOptions = {}): Promise<Workspace> {
   const dir = mkdtempSync(join(tmpdir(), 'm2m-test-'));
   const migrationsDir = join(dir, 'migrations');
   const keysDir = join(dir, 'keys');
   const dataDir = join(dir, 'data');
   mkdirSync(migrationsDir);
   mkdirSync(keysDir);
-  for (const file of readdirSync(join(ROOT, 'migrations'))) {
-    if (file.endsWith('.ts')) copyFileSync(join(ROOT, 'migrations', file), join(migrationsDir, file));
-  }
+  const template = options.emptyDatabase ? undefined : currentTemplate();
+  copyMigrations(template?.migrationsDir ?? join(ROOT, 'migrations'), migrationsDir);
   const adminUrl = process.env.TEST_DATABASE_URL;
-  const databaseUrl = adminUrl ? await createDatabase(adminUrl) : undefined;
+  const databaseUrl = adminUrl ? await createDatabase(adminUrl, template?.database) : undefined;
+  if (!adminUrl && template?.dataDir) cpSync(template.dataDir, dataDir, { recursive: true });
   const port = await freePort();
   const env: Record<string, string> = {
     PATH: process.env.PATH ?? '',
@@ -104,7 +96,7 @@ export async function createWorkspace(settings: Record<string, string> = {}): Pr
       });
     }),
     async remove() {
-      if (adminUrl && databaseUrl) await dropDatabase(adminUrl, databaseUrl);
+      if (adminUrl && databaseUrl) await adminQuery(adminUrl, `DROP DATABASE IF EXISTS ${new URL(databaseUrl).pathname.slice(1)} WITH (FORCE)`);
       rmSync(dir, { recursive: true, force: true });
     },
   };
