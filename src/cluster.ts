@@ -20,6 +20,11 @@ interface Port {
 
 const REPLY = ':reply';
 
+/** A worker revoked a token: it tells the primary, which passes it on to the other workers. */
+export const REVOKED = 'm2m:revoked';
+/** The primary asks each worker whether it is ready (/readyz on the management listener). */
+export const READY = 'm2m:ready';
+
 /** Sends without throwing: a closed channel only means the peer is gone. */
 function sendQuietly(port: Port, connected: boolean, message: Message): void {
   if (!connected) return;

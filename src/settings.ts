@@ -7,9 +7,21 @@ import { resolve } from 'node:path';
 
 import ipaddr from 'ipaddr.js';
 
+import type { ScheduleTimes } from './keys/signing-keys.ts';
 import { withoutUserinfo } from './url-userinfo.ts';
 
 export class SettingError extends Error {}
+
+/**
+ * The one wording of a refused setting: its name, its value as it may be shown (a secret
+ * is shown as `<redacted>`), and what is wrong with it.
+ */
+export function invalidSetting(name: string, shown: string, problem: string): SettingError {
+  return new SettingError(`setting ${name}=${JSON.stringify(shown)} is invalid: ${problem}`);
+}
+
+/** Set by the primary process for its workers (never by an operator): TLS session-ticket keys they share. */
+export const TLS_TICKET_KEYS_ENV = 'M2M_TLS_TICKET_KEYS';
 
 type Env = Record<string, string | undefined>;
 
@@ -112,10 +124,18 @@ export interface Settings {
   logBufferKb: number;
   /** NODE_ENV=production refuses every development default. */
   production: boolean;
+  /** M2M_ALLOW_KEY_LOSS=true: `npm run migrate:rollback` may drop the signing_keys table while it holds keys. */
+  allowKeyLoss: boolean;
+  /** Derived: when a published key signs and a retired one is unpublished (JWKS_MAX_AGE, KEYS_RELOAD_SECONDS, MAX_ACCESS_TOKEN_TTL). */
+  schedule: ScheduleTimes;
+  /** Derived: the token endpoint's URL under ISSUER, the `aud` a client assertion names and a DPoP proof's htu. */
+  tokenEndpoint: string;
+  /** M2M_TLS_TICKET_KEYS (TLS_TICKET_KEYS_ENV): the workers' shared TLS session-ticket keys; unset in a single process. */
+  tlsTicketKeys: Buffer | undefined;
 }
 
 function fail(name: string, value: string, expected: string): never {
-  throw new SettingError(`setting ${name}=${JSON.stringify(value)} is invalid: expected ${expected}`);
+  throw invalidSetting(name, value, `expected ${expected}`);
 }
 
 function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
@@ -200,13 +220,16 @@ function decimal(env: Env, name: string, fallback: number, min: number, max: num
 
 /** What the signing keys need: the server's part and the whole of `npm run keys`. */
 export type KeySettings = Pick<Settings, 'databaseUrl' | 'dataDir' | 'migrationsDir' | 'keysDir' | 'keysEncryptionKeys'
-  | 'keyRotationDays' | 'jwksMaxAge' | 'keysReloadSeconds' | 'maxAccessTokenTtl' | 'production'>;
+  | 'keyRotationDays' | 'jwksMaxAge' | 'keysReloadSeconds' | 'maxAccessTokenTtl' | 'schedule' | 'production'>;
 
 function keySettings(env: Env): KeySettings {
   const databaseUrl = env.DATABASE_URL || undefined;
   if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
     fail('DATABASE_URL', '<redacted>', 'a postgres:// or postgresql:// URL');
   }
+  const jwksMaxAge = integer(env, 'JWKS_MAX_AGE', 300, 0, 86400);
+  const keysReloadSeconds = integer(env, 'KEYS_RELOAD_SECONDS', 30, 1, 60);
+  const maxAccessTokenTtl = integer(env, 'MAX_ACCESS_TOKEN_TTL', 3600, 1, 86400);
   return {
     databaseUrl,
     dataDir: resolve(env.DATA_DIR || 'data'),
@@ -214,9 +237,10 @@ function keySettings(env: Env): KeySettings {
     keysDir: resolve(env.KEYS_DIR || 'keys'),
     keysEncryptionKeys: keyEncryptionKeys(env),
     keyRotationDays: decimal(env, 'KEY_ROTATION_DAYS', 30, 0, 3650),
-    jwksMaxAge: integer(env, 'JWKS_MAX_AGE', 300, 0, 86400),
-    keysReloadSeconds: integer(env, 'KEYS_RELOAD_SECONDS', 30, 1, 60),
-    maxAccessTokenTtl: integer(env, 'MAX_ACCESS_TOKEN_TTL', 3600, 1, 86400),
+    jwksMaxAge,
+    keysReloadSeconds,
+    maxAccessTokenTtl,
+    schedule: { jwksMaxAge, reloadSeconds: keysReloadSeconds, maxTokenTtl: maxAccessTokenTtl },
     production: env.NODE_ENV === 'production',
   };
 }
@@ -232,8 +256,8 @@ function requireKeyEncryptionKey(settings: KeySettings): void {
  * the others keep their defaults, and the server's own requirements (ISSUER, TLS files) are
  * not checked, so a deploy job that migrates carries no TLS files.
  */
-export const COMMAND_SETTINGS = {
-  migrate: ['DATABASE_URL', 'DATA_DIR', 'MIGRATIONS_DIR'],
+const COMMAND_SETTINGS = {
+  migrate: ['DATABASE_URL', 'DATA_DIR', 'MIGRATIONS_DIR', 'M2M_ALLOW_KEY_LOSS'],
   client: ['DATABASE_URL', 'DATA_DIR', 'MIGRATIONS_DIR', 'KEYS_DIR', 'PORT', 'ISSUER', 'ACCESS_TOKEN_TTL', 'MAX_ACCESS_TOKEN_TTL'],
   keys: ['DATABASE_URL', 'DATA_DIR', 'MIGRATIONS_DIR', 'KEYS_DIR', 'KEYS_ENCRYPTION_KEY', 'ACCESS_TOKEN_TTL', 'MAX_ACCESS_TOKEN_TTL', 'JWKS_MAX_AGE', 'KEYS_RELOAD_SECONDS'],
   issuer: ['DATABASE_URL', 'DATA_DIR', 'MIGRATIONS_DIR'],
@@ -241,13 +265,69 @@ export const COMMAND_SETTINGS = {
 
 export type OperatorCommand = keyof typeof COMMAND_SETTINGS;
 
-/** The server's settings, or with `command` those of one operator command. */
+/** ISSUER: an absolute https:// URL without credentials, query, fragment or trailing slash. */
+function issuerSetting(env: Env, port: number): string {
+  const issuer = env.ISSUER || `https://localhost:${port}`;
+  let url: URL;
+  try {
+    url = new URL(issuer);
+  } catch {
+    fail('ISSUER', issuer, 'an absolute https:// URL');
+  }
+  if (url.protocol !== 'https:') fail('ISSUER', issuer, 'an https:// URL');
+  if (url.username || url.password) fail('ISSUER', withoutUserinfo(issuer), 'a URL without user:password@');
+  if (url.search || url.hash || issuer.endsWith('/')) fail('ISSUER', issuer, 'a URL without query, fragment or trailing slash');
+  return issuer;
+}
+
+function trustedProxies(env: Env, tlsMode: Settings['tlsMode']): string[] {
+  const raw = env.TRUSTED_PROXIES ?? '';
+  const proxies = raw.split(',').map((s) => s.trim()).filter(Boolean).map((entry) => cidr('TRUSTED_PROXIES', raw, entry));
+  // Proxy mode answers only its proxies: without one it could serve nobody but health checks.
+  // Refused rather than guessed (loopback), as a proxy on another host would then meet 403s.
+  if (tlsMode === 'proxy' && proxies.length === 0) {
+    fail('TRUSTED_PROXIES', raw, "the TLS proxy's IP addresses or CIDR ranges when TLS_MODE=proxy");
+  }
+  return proxies;
+}
+
+function workerCount(env: Env, databaseUrl: string | undefined): number {
+  const raw = env.WORKERS || '1';
+  const workers = raw === 'auto' ? availableParallelism() : integer(env, 'WORKERS', 1, 1, 256);
+  if (workers > 1 && !databaseUrl) fail('WORKERS', raw, '1 with the embedded database (set DATABASE_URL for more)');
+  return workers;
+}
+
+function tlsTicketKeys(env: Env): Buffer | undefined {
+  const raw = env[TLS_TICKET_KEYS_ENV];
+  return raw ? Buffer.from(raw, 'base64') : undefined;
+}
+
+/** What production requires of the server (or of a command that reads the setting). */
+function requireProductionSettings(env: Env, settings: Settings, command: OperatorCommand | undefined): void {
+  const reads = (name: string) => !command || (COMMAND_SETTINGS[command] as readonly string[]).includes(name);
+  if (settings.production && reads('DATABASE_URL') && !settings.databaseUrl) {
+    fail('DATABASE_URL', '', 'a postgres:// URL when NODE_ENV=production (the embedded database is for development)');
+  }
+  if (settings.production && !command) {
+    if (!env.ISSUER) fail('ISSUER', '', 'an https:// URL when NODE_ENV=production');
+    if (settings.tlsMode === 'direct' && (!settings.tlsCert || !settings.tlsKey)) {
+      fail(settings.tlsCert ? 'TLS_KEY' : 'TLS_CERT', '', 'a PEM file when NODE_ENV=production and TLS_MODE=direct');
+    }
+  }
+  if (reads('KEYS_ENCRYPTION_KEY')) requireKeyEncryptionKey(settings);
+}
+
+/**
+ * The server's settings, or with `command` those of one operator command. One setting per
+ * line: this function is the table of settings, defaults and bounds, so it is not split.
+ */
 export function loadSettings(env: Env = process.env, command?: OperatorCommand): Settings {
   if (command) {
     const used: readonly string[] = ['NODE_ENV', ...COMMAND_SETTINGS[command]];
     env = Object.fromEntries(Object.entries(env).filter(([name]) => used.includes(name)));
   }
-  const production = env.NODE_ENV === 'production';
+  const keys = keySettings(env);
   const port = integer(env, 'PORT', 8443, 0, 65535);
   const host = address(env, 'HOST', '::');
   const managementPort = integer(env, 'MANAGEMENT_PORT', 9000, 0, 65535);
@@ -255,56 +335,14 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     fail('MANAGEMENT_PORT', String(managementPort), `a port other than PORT (${port}), or 0 to turn the management listener off`);
   }
   const tlsMode = oneOf(env, 'TLS_MODE', 'direct', ['direct', 'proxy'] as const);
-
-  const issuer = env.ISSUER || `https://localhost:${port}`;
-  let issuerUrl: URL;
-  try {
-    issuerUrl = new URL(issuer);
-  } catch {
-    fail('ISSUER', issuer, 'an absolute https:// URL');
-  }
-  if (issuerUrl.protocol !== 'https:') {
-    fail('ISSUER', issuer, 'an https:// URL');
-  }
-  if (issuerUrl.username || issuerUrl.password) {
-    fail('ISSUER', withoutUserinfo(issuer), 'a URL without user:password@');
-  }
-  if (issuerUrl.search || issuerUrl.hash || issuer.endsWith('/')) {
-    fail('ISSUER', issuer, 'a URL without query, fragment or trailing slash');
-  }
-
-  const databaseUrl = env.DATABASE_URL || undefined;
-  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
-    fail('DATABASE_URL', '<redacted>', 'a postgres:// or postgresql:// URL');
-  }
-
+  const issuer = issuerSetting(env, port);
   const accessTokenTtl = integer(env, 'ACCESS_TOKEN_TTL', 300, 1, 86400);
-  const maxAccessTokenTtl = integer(env, 'MAX_ACCESS_TOKEN_TTL', 3600, 1, 86400);
-  if (accessTokenTtl > maxAccessTokenTtl) {
-    fail('ACCESS_TOKEN_TTL', String(accessTokenTtl), `at most MAX_ACCESS_TOKEN_TTL (${maxAccessTokenTtl})`);
+  if (accessTokenTtl > keys.maxAccessTokenTtl) {
+    fail('ACCESS_TOKEN_TTL', String(accessTokenTtl), `at most MAX_ACCESS_TOKEN_TTL (${keys.maxAccessTokenTtl})`);
   }
-
-  const trustedProxiesRaw = env.TRUSTED_PROXIES ?? '';
-  const trustedProxies = trustedProxiesRaw.split(',').map((s) => s.trim()).filter(Boolean)
-    .map((entry) => cidr('TRUSTED_PROXIES', trustedProxiesRaw, entry));
-  // Proxy mode answers only its proxies: without one it could serve nobody but health checks.
-  // Refused rather than guessed (loopback), as a proxy on another host would then meet 403s.
-  if (tlsMode === 'proxy' && trustedProxies.length === 0) {
-    fail('TRUSTED_PROXIES', trustedProxiesRaw, "the TLS proxy's IP addresses or CIDR ranges when TLS_MODE=proxy");
-  }
-
   const clientCertHeader = (env.CLIENT_CERT_HEADER || 'x-ssl-client-cert').toLowerCase();
   if (!/^[a-z0-9-]+$/.test(clientCertHeader)) fail('CLIENT_CERT_HEADER', clientCertHeader, 'an HTTP header name');
 
-  const workersRaw = env.WORKERS || '1';
-  let workers: number;
-  if (workersRaw === 'auto') workers = availableParallelism();
-  else workers = integer(env, 'WORKERS', 1, 1, 256);
-  if (workers > 1 && !databaseUrl) {
-    fail('WORKERS', workersRaw, '1 with the embedded database (set DATABASE_URL for more)');
-  }
-
-  const keys = keySettings(env);
   const settings: Settings = {
     ...keys,
     port,
@@ -314,17 +352,17 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     tlsHandshakeTimeout: integer(env, 'TLS_HANDSHAKE_TIMEOUT', 10, 1, 300),
     maxConnectionsPerAddress: integer(env, 'MAX_CONNECTIONS_PER_ADDRESS', 256, 1, 1000000),
     issuer,
+    tokenEndpoint: `${issuer}/token`,
     migrateOnStart: bool(env, 'MIGRATE_ON_START', true),
     tlsMode,
     tlsCert: file(env, 'TLS_CERT'),
     tlsKey: file(env, 'TLS_KEY'),
     tlsClientCa: file(env, 'TLS_CLIENT_CA'),
-    trustedProxies,
+    trustedProxies: trustedProxies(env, tlsMode),
     clientCertHeader,
     jwksUriAllowPrivate: bool(env, 'JWKS_URI_ALLOW_PRIVATE', false),
     jwksUriCa: file(env, 'JWKS_URI_CA'),
     accessTokenTtl,
-    maxAccessTokenTtl,
     // 3600: what authlib and Google's libraries sign by default.
     maxAssertionLifetime: integer(env, 'MAX_ASSERTION_LIFETIME', 3600, 60, 3600),
     clientCacheSeconds: integer(env, 'CLIENT_CACHE_SECONDS', 10, 0, 10),
@@ -336,20 +374,13 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     dbOutageGraceSeconds: integer(env, 'DB_OUTAGE_GRACE_SECONDS', 300, 0, 86400),
     maxInFlight: integer(env, 'MAX_IN_FLIGHT', 256, 1, 100000),
     dpopNonce: bool(env, 'DPOP_NONCE', false),
-    workers,
+    workers: workerCount(env, keys.databaseUrl),
     logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const),
     logBufferKb: integer(env, 'LOG_BUFFER_KB', 16384, 64, 262144),
+    // Exactly `true`: anything else keeps the refusal.
+    allowKeyLoss: env.M2M_ALLOW_KEY_LOSS === 'true',
+    tlsTicketKeys: tlsTicketKeys(env),
   };
-
-  if (production && (!command || (COMMAND_SETTINGS[command] as readonly string[]).includes('DATABASE_URL'))) {
-    if (!databaseUrl) fail('DATABASE_URL', '', 'a postgres:// URL when NODE_ENV=production (the embedded database is for development)');
-  }
-  if (production && !command) {
-    if (!env.ISSUER) fail('ISSUER', '', 'an https:// URL when NODE_ENV=production');
-    if (tlsMode === 'direct' && (!settings.tlsCert || !settings.tlsKey)) {
-      fail(settings.tlsCert ? 'TLS_KEY' : 'TLS_CERT', '', 'a PEM file when NODE_ENV=production and TLS_MODE=direct');
-    }
-  }
-  if (!command || (COMMAND_SETTINGS[command] as readonly string[]).includes('KEYS_ENCRYPTION_KEY')) requireKeyEncryptionKey(settings);
+  requireProductionSettings(env, settings, command);
   return Object.freeze(settings);
 }

@@ -53,29 +53,14 @@ function refuse(options: Record<string, unknown>, flags: string[], method: strin
   if (given) throw new check.InputError(`--${given.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} does not apply to ${context}`);
 }
 
-async function addClient(id: string, options: AddOptions): Promise<void> {
-  const clientId = check.clientId(id);
-  const existing = migrationExistsFor(settings.migrationsDir, clientId);
-  if (existing) throw new check.InputError(`client ${clientId} is already registered by migrations/${existing}`);
-  if (!options.audience && !options.introspect) {
-    throw new check.InputError('--audience is required (the URI(s) of the API(s) this client calls), or --introspect alone for a resource server that only introspects and revokes');
-  }
-  // A resource server without audiences gets no tokens: token settings would do nothing.
-  if (!options.audience) refuse(options as unknown as Record<string, unknown>, ['scope', 'ttl', 'bound'], 'without --audience');
-  const client: NewClient = {
-    clientId,
-    authMethod: options.auth,
-    audiences: options.audience ? check.uriList('--audience', options.audience) : [],
-    scopes: check.scopes(options.scope),
-    ttl: options.ttl === undefined ? undefined : check.seconds('--ttl', options.ttl, 1, settings.maxAccessTokenTtl),
-    certificateBound: options.bound === true,
-    dpopBound: options.dpop === true,
-    introspectAudiences: options.introspect ? check.uriList('--introspect', options.introspect) : [],
-  };
+/**
+ * The credential `--auth` names, checked and set on `client`; the flags of other methods are
+ * refused. Returns the private key `--generate-key` made, to be written before the migration.
+ */
+async function credentialsOf(options: AddOptions, client: NewClient): Promise<{ file: string; pem: string } | undefined> {
   const opts = options as unknown as Record<string, unknown>;
   if (options.auth !== 'federated') refuse(opts, ['issuer', 'subject'], options.auth);
-  let privateKeyFile: string | undefined;
-  let privateKeyPem: string | undefined;
+  let generated: { file: string; pem: string } | undefined;
   switch (options.auth) {
     case 'client_secret_basic':
       refuse(opts, ['jwks', 'jwksUri', 'generateKey', 'subjectDn', 'sanDns', 'sanUri', 'cert'], options.auth);
@@ -95,8 +80,7 @@ async function addClient(id: string, options: AddOptions): Promise<void> {
       if (options.jwksUri) client.jwksUri = check.absoluteUri('--jwks-uri', options.jwksUri, true);
       if (options.generateKey) {
         const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-        privateKeyFile = options.generateKey;
-        privateKeyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+        generated = { file: options.generateKey, pem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string };
         const jwk = { ...(publicKey.export({ format: 'jwk' }) as JWK), alg: 'ES256', use: 'sig' };
         client.jwks = await check.publicJwks(JSON.stringify({ keys: [jwk] }), 'generated key') as NewClient['jwks'];
       }
@@ -114,14 +98,37 @@ async function addClient(id: string, options: AddOptions): Promise<void> {
       client.jwks = check.certificateJwks(readFileSync(options.cert, 'utf8'), options.cert) as NewClient['jwks'];
       break;
   }
+  return generated;
+}
+
+async function addClient(id: string, options: AddOptions): Promise<void> {
+  const clientId = check.clientId(id);
+  const existing = migrationExistsFor(settings.migrationsDir, clientId);
+  if (existing) throw new check.InputError(`client ${clientId} is already registered by migrations/${existing}`);
+  if (!options.audience && !options.introspect) {
+    throw new check.InputError('--audience is required (the URI(s) of the API(s) this client calls), or --introspect alone for a resource server that only introspects and revokes');
+  }
+  // A resource server without audiences gets no tokens: token settings would do nothing.
+  if (!options.audience) refuse(options as unknown as Record<string, unknown>, ['scope', 'ttl', 'bound'], 'without --audience');
+  const client: NewClient = {
+    clientId,
+    authMethod: options.auth,
+    audiences: options.audience ? check.uriList('--audience', options.audience) : [],
+    scopes: check.scopes(options.scope),
+    ttl: options.ttl === undefined ? undefined : check.seconds('--ttl', options.ttl, 1, settings.maxAccessTokenTtl),
+    certificateBound: options.bound === true,
+    dpopBound: options.dpop === true,
+    introspectAudiences: options.introspect ? check.uriList('--introspect', options.introspect) : [],
+  };
+  const generated = await credentialsOf(options, client);
   const secret = options.auth === 'client_secret_basic' ? generateSecret() : undefined;
   // The private key is written before the migration, so a failure leaves no client without its key.
-  if (privateKeyFile && privateKeyPem) writeFileSync(privateKeyFile, privateKeyPem, { mode: 0o600, flag: 'wx' });
+  if (generated) writeFileSync(generated.file, generated.pem, { mode: 0o600, flag: 'wx' });
   const migration = relative(process.cwd(), writeAddClient(settings.migrationsDir, client, secret && digestSecret(secret)));
   say(options.json, { client_id: clientId, client_secret: secret ?? null, migration }, [
     `Wrote ${migration}: registers ${clientId} (${options.auth}).`,
     ...(secret ? [`Client secret (shown once, stored only as a hash):\n  ${secret}`] : []),
-    ...(privateKeyFile ? [`Private key written to ${privateKeyFile} (keep it with the client; it is in no migration).`] : []),
+    ...(generated ? [`Private key written to ${generated.file} (keep it with the client; it is in no migration).`] : []),
     'Apply it with: npm run migrate   (or restart the server)',
   ]);
 }
@@ -228,7 +235,7 @@ program.command('cert <client_id>')
     const key = join(options.out, `${clientId}.key`);
     writeFileSync(cert, issued.cert);
     writeFileSync(key, issued.key, { mode: 0o600 });
-    const curl = `curl --cacert ${relative(process.cwd(), files.caCert)} --cert ${relative(process.cwd(), cert)} --key ${relative(process.cwd(), key)} -d grant_type=client_credentials -d client_id=${clientId} ${settings.issuer}/token`;
+    const curl = `curl --cacert ${relative(process.cwd(), files.caCert)} --cert ${relative(process.cwd(), cert)} --key ${relative(process.cwd(), key)} -d grant_type=client_credentials -d client_id=${clientId} ${settings.tokenEndpoint}`;
     say(options.json, { client_id: clientId, certificate: cert, key, subject_dn: `CN=${clientId}`, curl }, [
       `Certificate ${cert} and key ${key} (subject CN=${clientId}, SAN urn:m2m-client:${clientId}).`,
       `Register it with: npm run client -- add ${clientId} --auth tls_client_auth --subject-dn "CN=${clientId}" --audience <uri>`,

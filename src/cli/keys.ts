@@ -13,7 +13,6 @@ import { openDatabase, type OpenDatabase } from '../storage/database.ts';
 import { commandSettings, run, say } from './output.ts';
 
 const settings = commandSettings('keys');
-const times = { jwksMaxAge: settings.jwksMaxAge, reloadSeconds: settings.keysReloadSeconds, maxTokenTtl: settings.maxAccessTokenTtl };
 const iso = (epoch: number) => new Date(epoch * 1000).toISOString();
 
 /** Opens the database for one command; a refusal of the schedule is one line, exit 2. */
@@ -49,7 +48,7 @@ program.command('generate')
   .action((options: { json?: boolean }) => run(async () => {
     const encryption = keyEncryption(settings);
     const privateKey = await generateSigningKey();
-    const added = await withDatabase(({ db }) => addKey(db, encryption, times, privateKey, 'command'));
+    const added = await withDatabase(({ db }) => addKey(db, encryption, settings.schedule, privateKey, 'command'));
     reportAdded(options.json, added!, 'Generated');
   }));
 
@@ -64,7 +63,7 @@ program.command('import <pem>')
     } catch (err) {
       throw new InputError(`${file} is not a readable PEM private key (${(err as Error).message})`);
     }
-    const added = (await withDatabase(({ db }) => addKey(db, encryption, times, privateKey, 'import')))!;
+    const added = (await withDatabase(({ db }) => addKey(db, encryption, settings.schedule, privateKey, 'import')))!;
     if (!added.added) throw new InputError(`key ${added.kid} is in the database already`);
     reportAdded(options.json, added, 'Imported');
   }));
@@ -73,7 +72,7 @@ program.command('list')
   .description('list the signing keys and their state')
   .option('--json', 'print one JSON array')
   .action((options: { json?: boolean }) => run(async () => {
-    const set = await withDatabase(({ db }) => loadKeys(db, keyEncryption(settings), times));
+    const set = await withDatabase(({ db }) => loadKeys(db, keyEncryption(settings), settings.schedule));
     const rows: Record<string, string | null>[] = set.all.map((k) => ({
       kid: k.kid,
       state: stateOf(k, set),
@@ -107,7 +106,7 @@ program.command('retire <kid>')
   .option('--force', 'retire the signer even before its successor has been published long enough to take over')
   .option('--json', 'print one JSON object')
   .action((kid: string, options: { force?: boolean; json?: boolean }) => run(async () => {
-    const retired = await withDatabase(({ db }) => retireKey(db, keyEncryption(settings), times, kid, { force: options.force ?? false }));
+    const retired = await withDatabase(({ db }) => retireKey(db, keyEncryption(settings), settings.schedule, kid, { force: options.force ?? false }));
     say(options.json, { kid, state: 'retired', retired_at: iso(retired.retiredAt), unpublish_at: iso(retired.unpublishAt) }, [
       `Retired ${kid}: its private key is deleted; it stays in /jwks until ${iso(retired.unpublishAt)}.`,
     ]);

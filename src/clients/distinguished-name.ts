@@ -52,7 +52,7 @@ function canonical(rdns: [string, string][][]): string {
 }
 
 /** Parses an RFC 4514 string (escapes `\,` and `\2C` both); throws DnSyntaxError. */
-export function parseDn(text: string): [string, string][][] {
+function parseDn(text: string): [string, string][][] {
   const dn = [...text]; // by code point, so a character outside the BMP stays whole
   const rdns: [string, string][][] = [[]];
   let i = 0;

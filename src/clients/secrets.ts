@@ -4,7 +4,7 @@
 import { hash, randomBytes, timingSafeEqual } from 'node:crypto';
 
 /** Lets secret scanners recognise a leaked secret. */
-export const SECRET_PREFIX = 'm2ms_';
+const SECRET_PREFIX = 'm2ms_';
 
 export interface StoredSecret {
   digest: string;

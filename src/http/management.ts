@@ -3,6 +3,9 @@
 // that got a token and the internal refusal reasons, so they are kept off the public listener.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 
+import type { Logger } from '../log.ts';
+import type { Settings } from '../settings.ts';
+
 export interface Readiness {
   ready: boolean;
   body: Record<string, unknown>;
@@ -33,7 +36,7 @@ function answer(req: IncomingMessage, res: ServerResponse, status: number, type:
 
 const json = (req: IncomingMessage, res: ServerResponse, status: number, body: unknown) => answer(req, res, status, 'application/json; charset=utf-8', JSON.stringify(body));
 
-export function createManagementServer(probes: ManagementProbes, onError: (err: unknown) => void): Server {
+function createManagementServer(probes: ManagementProbes, onError: (err: unknown) => void): Server {
   const server = createServer({ headersTimeout: 10_000, requestTimeout: 15_000, maxHeaderSize: 16_384 }, (req, res) => {
     const path = (req.url ?? '').split('?')[0]!;
     if (!PATHS.has(path)) return json(req, res, 404, { error: 'invalid_request', error_description: 'no such endpoint' });
@@ -55,7 +58,7 @@ export function createManagementServer(probes: ManagementProbes, onError: (err: 
 }
 
 /** Listens, or rejects (a port in use stops the start). */
-export async function listenManagement(server: Server, port: number, host: string): Promise<void> {
+async function listenManagement(server: Server, port: number, host: string): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => {
@@ -71,4 +74,13 @@ export async function closeManagement(server: Server): Promise<void> {
     server.close(() => resolve());
     server.closeAllConnections();
   });
+}
+
+/** MANAGEMENT_PORT=0: none. Started before the public listener, so it is up once that one is. */
+export async function startManagement(settings: Settings, logger: Logger, probes: ManagementProbes): Promise<Server | undefined> {
+  if (settings.managementPort === 0) return undefined;
+  const server = createManagementServer(probes, (err) => logger.warn({ err: (err as Error)?.message }, 'management request failed'));
+  await listenManagement(server, settings.managementPort, settings.managementHost);
+  logger.info({ port: settings.managementPort, host: settings.managementHost }, 'management listening');
+  return server;
 }

@@ -21,7 +21,7 @@ export interface TlsFiles {
   serverKey: string;
 }
 
-export function devTlsFiles(dir: string): TlsFiles {
+function devTlsFiles(dir: string): TlsFiles {
   return {
     caCert: join(dir, 'dev-ca.crt'),
     caKey: join(dir, 'dev-ca.key'),

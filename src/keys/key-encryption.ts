@@ -11,7 +11,7 @@ import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { SettingError, type KeySettings } from '../settings.ts';
+import { invalidSetting, type KeySettings } from '../settings.ts';
 
 const IV_BYTES = 12;
 const TAG_BYTES = 16;
@@ -104,7 +104,7 @@ function kekId(key: Buffer): string {
  */
 export function keyEncryption(settings: KeySettings): KeyEncryption {
   if (settings.keysEncryptionKeys) return new KeyEncryption(settings.keysEncryptionKeys);
-  if (settings.production) throw new SettingError('setting KEYS_ENCRYPTION_KEY="" is invalid: expected a key-encryption key when NODE_ENV=production');
+  if (settings.production) throw invalidSetting('KEYS_ENCRYPTION_KEY', '', 'expected a key-encryption key when NODE_ENV=production');
   const file = join(settings.keysDir, DEV_KEK_FILE);
   let text: string;
   try {
@@ -120,6 +120,6 @@ export function keyEncryption(settings: KeySettings): KeyEncryption {
     }
   }
   const key = Buffer.from(text, 'base64url');
-  if (key.length !== 32) throw new SettingError(`setting KEYS_DIR=${JSON.stringify(settings.keysDir)} is invalid: ${file} does not hold 32 bytes in base64url`);
+  if (key.length !== 32) throw invalidSetting('KEYS_DIR', settings.keysDir, `${file} does not hold 32 bytes in base64url`);
   return new KeyEncryption([key]);
 }

@@ -31,35 +31,62 @@ export interface KeyReloader {
 }
 
 /** Rows that are not authentic, logged when they change: an operator learns of a row slipped into the table, not of its key. */
-export function logRejected(logger: Logger, set: KeySet, before = ''): string {
+function logRejected(logger: Logger, set: KeySet, before = ''): string {
   const seen = set.rejected.map((r) => `${r.kid}:${r.reason}`).join(',');
   if (seen !== before) for (const { kid, reason } of set.rejected) logger.error({ kid, reason }, 'a signing_keys row is not authentic: it is neither published nor trusted');
   return seen;
 }
 
-export function reloadKeys(options: KeyReloaderOptions): KeyReloader {
+/** `work`, never twice at once: a call while it runs makes one more run after it, and waits for the current one. */
+function coalesced(work: (reason: string) => Promise<void>): (reason: string) => Promise<void> {
+  let running: Promise<void> | undefined;
+  let again = false;
+  return (reason) => {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await work(reason);
+        } while (again);
+      } finally {
+        running = undefined;
+      }
+    })();
+    return running;
+  };
+}
+
+/** Automatic rotation, when due: whether it changed the keys. */
+async function rotateDue(options: KeyReloaderOptions, keys: KeySet): Promise<boolean> {
   const { db, encryption, times, rotationSeconds, logger } = options;
+  const rotated = await rotate(db, encryption, times, rotationSeconds, keys);
+  if (rotated.generated) {
+    logger.info({ kid: rotated.generated, replaces: rotated.replaces }, 'automatic rotation: generated the successor of the signing key');
+    options.onRotation?.('generated');
+  }
+  for (const kid of rotated.retired) {
+    logger.info({ kid, signer: keys.signer?.kid }, 'automatic rotation: retired an older key, a newer one signs');
+    options.onRotation?.('retired');
+  }
+  return Boolean(rotated.generated || rotated.retired.length);
+}
+
+export function reloadKeys(options: KeyReloaderOptions): KeyReloader {
+  const { db, encryption, times, logger } = options;
   let current = options.current;
   let rejected = logRejected(logger, current);
   let halted = false;
-  let running: Promise<void> | undefined;
-  let again = false;
 
   const once = async (reason: string) => {
     let next = await loadKeys(db, encryption, times);
     // An instance of an earlier version, still running during an upgrade, adds keys unsealed.
     if (next.rejected.some((r) => r.unsealed) && (await sealOlderRows(db, encryption)).sealed.length) next = await loadKeys(db, encryption, times);
     rejected = logRejected(logger, next, rejected);
-    const rotated = await rotate(db, encryption, times, rotationSeconds, next);
-    if (rotated.generated) {
-      logger.info({ kid: rotated.generated, replaces: rotated.replaces }, 'automatic rotation: generated the successor of the signing key');
-      options.onRotation?.('generated');
-    }
-    for (const kid of rotated.retired) {
-      logger.info({ kid, signer: next.signer?.kid }, 'automatic rotation: retired an older key, a newer one signs');
-      options.onRotation?.('retired');
-    }
-    if (rotated.generated || rotated.retired.length) next = await loadKeys(db, encryption, times);
+    if (await rotateDue(options, next)) next = await loadKeys(db, encryption, times);
     for (const problem of next.problems) logger.error({ problem }, 'a signing key does not decrypt with KEYS_ENCRYPTION_KEY');
     if (next.fingerprint === current.fingerprint && !halted) return;
     if (!next.signer?.privateKey) {
@@ -85,23 +112,9 @@ export function reloadKeys(options: KeyReloaderOptions): KeyReloader {
     options.onChange(next);
   };
 
-  const reload = (reason: string): Promise<void> => {
-    if (running) {
-      again = true;
-      return running;
-    }
-    running = (async () => {
-      try {
-        do {
-          again = false;
-          await once(reason).catch((err: unknown) => logger.error({ err: (err as Error).message }, 'reading signing keys failed; keeping the current ones'));
-        } while (again);
-      } finally {
-        running = undefined;
-      }
-    })();
-    return running;
-  };
+  const reload = coalesced((reason: string) => once(reason).catch((err: unknown) => {
+    logger.error({ err: (err as Error).message }, 'reading signing keys failed; keeping the current ones');
+  }));
 
   const timer = setInterval(() => void reload('poll'), times.reloadSeconds * 1000);
   timer.unref();

@@ -18,7 +18,7 @@ import { isDeepStrictEqual, promisify } from 'node:util';
 
 import { calculateJwkThumbprint, type JWK } from 'jose';
 
-import { SettingError } from '../settings.ts';
+import { invalidSetting } from '../settings.ts';
 import type { Database } from '../storage/database.ts';
 import { reencryptSharedSecrets } from '../storage/shared-secrets.ts';
 import type { KeyEncryption } from './key-encryption.ts';
@@ -238,7 +238,7 @@ function withOwnDelays(key: SigningKey, times: ScheduleTimes): SigningKey {
 }
 
 /** Which key signs and which are published at `now`, as a server with `times` applies the rules. */
-export function scheduleOf(stored: SigningKey[], now: number, times: ScheduleTimes, problems: string[] = [], rejected: Rejected[] = []): KeySet {
+function scheduleOf(stored: SigningKey[], now: number, times: ScheduleTimes, problems: string[] = [], rejected: Rejected[] = []): KeySet {
   const all = stored.map((k) => withOwnDelays(k, times));
   const sorted = [...all].sort((a, b) => a.publishedAt - b.publishedAt || a.order - b.order);
   const active = sorted.filter((k) => k.retiredAt === undefined);
@@ -276,7 +276,7 @@ async function lockedSet(trx: Database, encryption: KeyEncryption, now: number, 
 
 /** At start, a key that does not decrypt is a wrong or missing KEYS_ENCRYPTION_KEY: never run without it. */
 export function requireDecryptable(set: KeySet): void {
-  if (set.problems.length) throw new SettingError(`setting KEYS_ENCRYPTION_KEY="<redacted>" is invalid: ${set.problems[0]}`);
+  if (set.problems.length) throw invalidSetting('KEYS_ENCRYPTION_KEY', '<redacted>', set.problems[0]!);
 }
 
 /** A new signing key pair, made on the thread pool (a server making one keeps answering). */
@@ -500,7 +500,7 @@ export interface RotationDue {
  * its way; once a key signs by its own schedule, every active key older than it is retired,
  * however it came (rotation, command, import, first start, files), so none stays forever.
  */
-export function rotationDue(set: KeySet, rotationSeconds: number): RotationDue {
+function rotationDue(set: KeySet, rotationSeconds: number): RotationDue {
   const signer = set.signer;
   if (!rotationSeconds || !signer) return { generate: false, retire: [] };
   const isNewer = (k: SigningKey) => k.publishedAt > signer.publishedAt || (k.publishedAt === signer.publishedAt && k.order > signer.order);

@@ -14,7 +14,7 @@ function prefixed(address: ipaddr.IPv6, prefix: string, bits: number): boolean {
  * The IPv4 addresses an IPv6 address leads to, when it embeds any; undefined when it is
  * IPv6 proper. Teredo names two (its server, and the client's mapped address, stored inverted).
  */
-export function embeddedIpv4(address: ipaddr.IPv6): ipaddr.IPv4[] | undefined {
+function embeddedIpv4(address: ipaddr.IPv6): ipaddr.IPv4[] | undefined {
   const p = address.parts;
   // ::a.b.c.d (IPv4-compatible, deprecated), ::ffff:a.b.c.d (mapped), ::ffff:0:a.b.c.d (SIIT),
   // 64:ff9b::a.b.c.d (NAT64, RFC 6052): the IPv4 address is the last 32 bits.

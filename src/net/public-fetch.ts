@@ -9,7 +9,7 @@ import { Agent, request } from 'node:https';
 import type { LookupFunction } from 'node:net';
 import { rootCertificates } from 'node:tls';
 
-import { SettingError } from '../settings.ts';
+import { invalidSetting } from '../settings.ts';
 import { isPublicAddress } from './public-address.ts';
 
 export interface PublicFetchOptions {
@@ -34,15 +34,15 @@ function readCa(file: string): string {
     pem = readFileSync(file, 'utf8');
   } catch { /* reported below */ }
   if (!pem.includes('-----BEGIN CERTIFICATE-----')) {
-    throw new SettingError(`setting JWKS_URI_CA=${JSON.stringify(file)} is invalid: expected a readable PEM file of CA certificates`);
+    throw invalidSetting('JWKS_URI_CA', file, 'expected a readable PEM file of CA certificates');
   }
   return pem;
 }
 
-export function publicJsonFetch({ allowPrivate, caFile, privateHint, what = 'URL', timeoutMs = 3000, maxBytes = 64 * 1024 }: PublicFetchOptions): JsonFetch {
-  const hint = privateHint ? ` (${privateHint})` : '';
+/** A DNS lookup that fails unless every address the name resolves to is public. */
+function publicOnlyLookup(hint: string): LookupFunction {
   // Picking the public one of a mixed answer would leave the choice to whoever controls the DNS.
-  const publicOnlyLookup: LookupFunction = (hostname, options, callback) => {
+  return (hostname, options, callback) => {
     lookup(hostname, { ...options, all: true }, (err, addresses) => {
       if (err) return callback(err, '');
       const refused = addresses.find((a) => !isPublicAddress(a.address));
@@ -51,6 +51,10 @@ export function publicJsonFetch({ allowPrivate, caFile, privateHint, what = 'URL
       return callback(null, addresses[0]!.address, addresses[0]!.family);
     });
   };
+}
+
+export function publicJsonFetch({ allowPrivate, caFile, privateHint, what = 'URL', timeoutMs = 3000, maxBytes = 64 * 1024 }: PublicFetchOptions): JsonFetch {
+  const hint = privateHint ? ` (${privateHint})` : '';
   const ca = caFile === undefined ? undefined : readCa(caFile);
   // A new connection for every fetch. A URL is fetched at most once per cooldown, so a kept
   // connection saves little, and reusing one races the other server closing it when idle
@@ -60,7 +64,7 @@ export function publicJsonFetch({ allowPrivate, caFile, privateHint, what = 'URL
   const agent = new Agent({
     keepAlive: false,
     ...(ca ? { ca: [...rootCertificates, ca] } : {}),
-    ...(allowPrivate ? {} : { lookup: publicOnlyLookup }),
+    ...(allowPrivate ? {} : { lookup: publicOnlyLookup(hint) }),
   });
   return (uri) => new Promise((resolve, reject) => {
     const url = URL.parse(uri);

@@ -14,7 +14,7 @@ export interface SecretEncryption {
   decrypt(name: string, kekId: string, ciphertext: string, purpose: string): Buffer;
 }
 
-export const SHARED_SECRET = 'm2m-shared-secret';
+const SHARED_SECRET = 'm2m-shared-secret';
 
 /** The 32-byte secret called `name`, created now if no process created it before. */
 export async function sharedSecret(db: Database, name: string, encryption: SecretEncryption): Promise<Buffer> {
