@@ -102,14 +102,15 @@ export async function down(knex: Knex): Promise<void> {
 ` };
 }
 
-export function renderSetEnabled(clientId: string, enabled: boolean): RenderedMigration {
+/** Disables or enables one row of `table` by its key; down does the opposite. */
+function renderSetRowEnabled(what: 'client' | 'issuer', table: string, key: string, id: string, enabled: boolean): RenderedMigration {
   const verb = enabled ? 'enable' : 'disable';
-  return { name: `${verb}_${clientId}`, source: `${HEADER(`${enabled ? 'Enables' : 'Disables'} client ${code(clientId)}; down ${enabled ? 'disables' : 'enables'} it again.`)}
-const clientId = ${code(clientId)};
+  return { name: what === 'client' ? `${verb}_${id}` : `${verb}_${what}_${id}`, source: `${HEADER(`${enabled ? 'Enables' : 'Disables'} ${what} ${code(id)}; down ${enabled ? 'disables' : 'enables'} it again.`, what)}
+const id = ${code(id)};
 
 async function setEnabled(knex: Knex, enabled: boolean): Promise<void> {
-  const changed = await knex('clients').where({ client_id: clientId }).update({ enabled, updated_at: knex.fn.now() });
-  if (changed !== 1) throw new Error(\`client \${clientId} does not exist\`);
+  const changed = await knex(${code(table)}).where(${code(key)}, id).update({ enabled, updated_at: knex.fn.now() });
+  if (changed !== 1) throw new Error(\`${what} \${id} does not exist\`);
 }
 
 export async function up(knex: Knex): Promise<void> {
@@ -121,6 +122,8 @@ export async function down(knex: Knex): Promise<void> {
 }
 ` };
 }
+
+export const renderSetEnabled = (clientId: string, enabled: boolean) => renderSetRowEnabled('client', 'clients', 'client_id', clientId, enabled);
 
 export const writeAddClient = (dir: string, client: NewClient, secretDigest: string | undefined) => write(dir, renderAddClient(client, secretDigest));
 export const writeRotateSecret = (dir: string, clientId: string, secretDigest: string, graceSeconds: number) => write(dir, renderRotateSecret(clientId, secretDigest, graceSeconds));
@@ -162,25 +165,7 @@ export async function down(knex: Knex): Promise<void> {
 ` };
 }
 
-export function renderSetIssuerEnabled(name: string, enabled: boolean): RenderedMigration {
-  const verb = enabled ? 'enable' : 'disable';
-  return { name: `${verb}_issuer_${name}`, source: `${HEADER(`${enabled ? 'Enables' : 'Disables'} issuer ${code(name)}; down ${enabled ? 'disables' : 'enables'} it again.`, 'issuer')}
-const name = ${code(name)};
-
-async function setEnabled(knex: Knex, enabled: boolean): Promise<void> {
-  const changed = await knex('issuers').where({ name }).update({ enabled, updated_at: knex.fn.now() });
-  if (changed !== 1) throw new Error(\`issuer \${name} does not exist\`);
-}
-
-export async function up(knex: Knex): Promise<void> {
-  await setEnabled(knex, ${code(enabled)});
-}
-
-export async function down(knex: Knex): Promise<void> {
-  await setEnabled(knex, ${code(!enabled)});
-}
-` };
-}
+export const renderSetIssuerEnabled = (name: string, enabled: boolean) => renderSetRowEnabled('issuer', 'issuers', 'name', name, enabled);
 
 export const writeAddIssuer = (dir: string, issuer: NewIssuer) => write(dir, renderAddIssuer(issuer));
 export const writeSetIssuerEnabled = (dir: string, name: string, enabled: boolean) => write(dir, renderSetIssuerEnabled(name, enabled));
