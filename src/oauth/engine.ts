@@ -343,7 +343,7 @@ export function createEngine({ settings, registry, replay, keys, certificates, l
     return client;
   };
 
-  useDpop(provider, settings);
+  useDpop(provider, settings, logger);
   useRemoteJwks(provider, { allowPrivate: settings.jwksUriAllowPrivate, caFile: settings.jwksUriCa }, logger);
 
   return provider;

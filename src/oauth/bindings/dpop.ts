@@ -23,6 +23,7 @@ import * as grantHelpers from 'oidc-provider/lib/helpers/grants.js';
 import instance from 'oidc-provider/lib/helpers/weak_cache.js';
 
 import { signatureKeyRefusal } from '../../clients/key-policy.ts';
+import type { Logger } from '../../log.ts';
 import type { Settings } from '../../settings.ts';
 
 /** Proof algorithms: asymmetric only, the same list as for client assertions. */
@@ -68,6 +69,12 @@ async function importProofKey(jwk: JWK, alg: string): Promise<ProofKey> {
  */
 class ProofKeys {
   readonly #keys = new Map<string, Promise<ProofKey>>();
+  readonly #imported: (thumbprint: string) => void;
+
+  /** `imported`: told each import's thumbprint (a debug log line shows the cache at work). */
+  constructor(imported: (thumbprint: string) => void) {
+    this.#imported = imported;
+  }
 
   get(header: JWTHeaderParameters): Promise<ProofKey> {
     const { jwk, alg } = header;
@@ -79,7 +86,7 @@ class ProofKeys {
     } else {
       const imported = importProofKey(jwk, alg!);
       key = imported;
-      imported.catch(() => {
+      imported.then(({ thumbprint }) => this.#imported(thumbprint), () => {
         if (this.#keys.get(id) === imported) this.#keys.delete(id);
       });
       if (id.length > PROOF_KEY_MAX_CHARS) return key;
@@ -178,7 +185,7 @@ function claimFresh(provider: Provider, proof: Proof): Promise<void> {
 }
 
 /** Installs on `provider` what this module adds to the engine's DPoP (see the top). */
-export function useDpop(provider: Provider, settings: Settings): void {
+export function useDpop(provider: Provider, settings: Settings, logger?: Logger): void {
   // htu: the engine expects ctx.oidc.urlFor(route), which it builds from the Host header.
   // Every URL the engine builds is made under ISSUER instead, as the metadata says.
   provider.OIDCContext.prototype.urlFor = function urlFor(name: string, opt?: Record<string, unknown>) {
@@ -187,7 +194,7 @@ export function useDpop(provider: Provider, settings: Settings): void {
 
   // The engine's own client_credentials handler, given the engine's own helpers except two.
   const engine = Object.fromEntries(Object.entries(grantHelpers).map(([name, helper]) => [name, (helper as (...args: unknown[]) => unknown).bind(undefined, provider)]));
-  const keys = new ProofKeys();
+  const keys = new ProofKeys((jkt) => logger?.debug({ jkt }, 'imported a DPoP proof key'));
   // Proofs are checked at the token endpoint only: its URL under ISSUER, parsed once.
   const tokenEndpoint = new URL(provider.OIDCContext.prototype.urlFor('token')).href;
   const claims = new WeakMap<KoaContextWithOIDC, Promise<void>>();
