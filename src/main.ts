@@ -28,6 +28,7 @@ import { createLogger, onDroppedLine, type Logger } from './log.ts';
 import { clusterMetricsSource, createMetrics } from './metrics.ts';
 import { createBruteForce } from './oauth/brute-force.ts';
 import { certificateHooks, parseCertificateBundle } from './oauth/client-certificates.ts';
+import { CurrentKeys } from './oauth/current-keys.ts';
 import { IssuerKeys } from './oauth/issuer-keys.ts';
 import { loadSettings, SettingError, type Settings } from './settings.ts';
 import { openDatabase, type OpenDatabase } from './storage/database.ts';
@@ -240,7 +241,8 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       const management = await startManagement(settings, logger, { metrics: () => metrics.registry.metrics(), readiness: ready });
       if (management) closers.push(() => closeManagement(management));
     }
-    let handler: Handler = buildApp(deps, current).callback();
+    const currentKeys = new CurrentKeys(settings.issuer, current);
+    const handler: Handler = buildApp(deps, currentKeys).callback();
     const shedding = shedLoad(settings.maxInFlight, (req, res) => handler(req, res), () => metrics.requestsShed.inc(), logger);
     metrics.watchInFlight(shedding.inFlight);
     const server = createServer(settings, shedding.handler, tls);
@@ -256,7 +258,7 @@ async function serve(settings: Settings, database: OpenDatabase, logger: Logger)
       logger,
       current: keys,
       onChange: (next: KeySet) => {
-        handler = buildApp(deps, next).callback();
+        currentKeys.use(next);
         current = next;
         lifecycle.notSigning = false;
       },

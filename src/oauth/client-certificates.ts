@@ -9,11 +9,11 @@ import type { TLSSocket } from 'node:tls';
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import type { Context } from 'koa';
-import proxyAddr from 'proxy-addr';
 
 import type { Logger } from '../log.ts';
 import type { Settings } from '../settings.ts';
 import { certificateSubjectDn, normaliseDn } from '../clients/distinguished-name.ts';
+import { isTrustedProxy } from '../http/trusted-proxies.ts';
 
 const CERT = Symbol('client certificate');
 
@@ -107,9 +107,6 @@ export interface CertificateHooks {
 }
 
 export function certificateHooks(settings: Settings, clientCas: X509Certificate[], logger: Logger): CertificateHooks {
-  // The same matcher client-address.ts uses (proxy-addr), so both agree on who a proxy is.
-  const trust = proxyAddr.compile(settings.trustedProxies);
-  const fromTrustedProxy = (address: string | undefined): boolean => address !== undefined && trust(address, 0);
 
   const present = (ctx: Context): Presented | undefined => {
     const state = ctx.state as { [CERT]?: Presented | null };
@@ -130,7 +127,8 @@ export function certificateHooks(settings: Settings, clientCas: X509Certificate[
       const header = ctx.get(settings.clientCertHeader);
       if (header) {
         const address = ctx.req.socket.remoteAddress;
-        if (!fromTrustedProxy(address)) {
+        // The same matcher client-address.ts uses, so both agree on who a proxy is.
+        if (!isTrustedProxy(settings, address)) {
           logger.warn({ remote_address: address, header: settings.clientCertHeader }, 'ignored a forwarded client certificate from an untrusted address');
         } else {
           const now = Date.now();

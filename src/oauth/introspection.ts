@@ -9,7 +9,8 @@ import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 import type { ClientRegistry } from '../clients/registry.ts';
 import type { RevocationStore } from '../storage/revocations.ts';
 import type { AccessTokenClaims, TokenVerifier } from './access-tokens.ts';
-import { unlessStorageDown, type EngineClient } from './engine.ts';
+import type { EngineClient } from './client-metadata.ts';
+import { unlessStorageDown } from './errors.ts';
 
 export interface TokenCheckDeps {
   verify: () => TokenVerifier;
