@@ -26,7 +26,7 @@ import { ENDPOINTS, endpointAt } from './endpoints.ts';
 import { readiness } from './management.ts';
 import { isTrustedProxy } from './trusted-proxies.ts';
 
-export interface AppDeps {
+interface AppDeps {
   settings: Settings;
   registry: ClientRegistry;
   /** Trusted issuers of federated clients, and their keys. */

@@ -11,7 +11,7 @@ import { FEDERATED, type FederatedAudit } from '../oauth/client-auth/federated.t
 import { endpointAt } from './endpoints.ts';
 
 /** What the engine knew when it refused a request (set from its error events). */
-export interface Refusal {
+interface Refusal {
   reason: string | undefined;
 }
 
@@ -53,7 +53,7 @@ function decodePart(token: string, index: 0 | 1): Record<string, unknown> {
 }
 
 /** The client id the caller claimed, whether or not it exists: Basic, form, or assertion `sub`. */
-export function clientIdAsSent(ctx: Context): string | undefined {
+function clientIdAsSent(ctx: Context): string | undefined {
   const federated = federatedOf(ctx);
   if (federated) return federated.client_id;
   const authorization = ctx.get('authorization');

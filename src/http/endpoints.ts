@@ -3,7 +3,7 @@
 // only (management.ts). The router, the front door, the audit lines and the discovery
 // metadata all read this one list.
 
-export interface Endpoint {
+interface Endpoint {
   path: string;
   methods: readonly string[];
   /** Where a client authenticates (so where brute force is limited), and its audit event. */
@@ -31,7 +31,7 @@ export function endpointAt(path: string): Endpoint | undefined {
 }
 
 /** The URLs under ISSUER that the metadata names and clients put in `aud` and `htu`. */
-export interface EndpointUrls {
+interface EndpointUrls {
   token: string;
   introspection: string;
   revocation: string;

@@ -20,7 +20,7 @@ import { withoutUserinfo } from '../url-userinfo.ts';
 import { CACHE_SECONDS, REFETCH_COOLDOWN_SECONDS, signatureKeys } from './client-auth/jwks-uri.ts';
 
 export const MIN_CACHE_SECONDS = 30;
-export const MAX_STALE_SECONDS = 24 * 3600;
+const MAX_STALE_SECONDS = 24 * 3600;
 
 type Jwk = Record<string, unknown>;
 
@@ -56,7 +56,7 @@ const expired = (set: IssuerKeySet) => set.ageMs > (set.value?.cacheMs ?? 0);
 // A failed refresh keeps the keys fetched before, for as long as MAX_STALE_SECONDS allows.
 const usable = (set: IssuerKeySet) => set.value !== undefined && set.ageMs < MAX_STALE_SECONDS * 1000;
 
-export interface IssuerKeysOptions {
+interface IssuerKeysOptions {
   /** JWKS_URI_CA: extra CAs trusted for issuers' https endpoints. */
   caFile: string | undefined;
   logger?: Logger | undefined;

@@ -10,7 +10,7 @@ import type { ClientRecord } from '../../clients/registry.ts';
 import type { EngineDeps } from '../engine.ts';
 
 /** Helpers of the engine's client_credentials handler (oidc-provider/lib/helpers/grants.js), by name. */
-export type GrantHelpers = Record<string, (...args: never[]) => unknown>;
+type GrantHelpers = Record<string, (...args: never[]) => unknown>;
 
 export interface BindingHooks {
   /** Sets what it needs in the engine's configuration, before the engine is made. */

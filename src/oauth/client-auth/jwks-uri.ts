@@ -29,7 +29,7 @@ interface EngineKeyStore {
   refresh(): Promise<void>;
 }
 
-export interface JwksUriOptions {
+interface JwksUriOptions {
   allowPrivate: boolean;
   /** PEM file of CAs trusted in addition to the system's. */
   caFile: string | undefined;
