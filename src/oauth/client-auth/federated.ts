@@ -26,7 +26,6 @@ import type Provider from 'oidc-provider';
 import type { IssuerRecord, IssuerRegistry } from '../../clients/issuers.ts';
 import { CLIENT_ID_PATTERN } from '../../clients/validate.ts';
 import { endpointUrls } from '../../http/endpoints.ts';
-import type { Settings } from '../../settings.ts';
 import { CLOCK_TOLERANCE, SIGNATURE_ALGS } from '../algorithms.ts';
 import type { EngineClient } from '../client-metadata.ts';
 import { unlessStorageDown } from '../errors.ts';
@@ -74,9 +73,10 @@ type EngineParams = Record<string, string | undefined>;
 type Oidc = { ctx: KoaContextWithOIDC; [PARAMS]?: EngineParams; [PENDING]?: Pending; [NAMED]?: Named };
 
 interface FederatedDeps {
-  settings: Settings;
   issuers: IssuerRegistry;
   issuerKeys: IssuerKeys;
+  /** `aud` of an external token when its issuer names none: ISSUER or the token endpoint. */
+  audience: string[];
 }
 
 // A reason is also a metrics label (m2m_refusals_total): it names nothing the caller chose,
@@ -149,7 +149,7 @@ async function issuerOf(deps: FederatedDeps, pending: Pending, claims: JWTPayloa
 
 /** Signature (asymmetric, by a key of the issuer), aud, exp, nbf, iat, and the issuer's lifetime cap. */
 async function verified(deps: FederatedDeps, issuer: IssuerRecord, assertion: string): Promise<JWTPayload> {
-  const audience = issuer.audience ?? [deps.settings.issuer, endpointUrls(deps.settings.issuer).token];
+  const audience = issuer.audience ?? deps.audience;
   const options = { algorithms: SIGNATURE_ALGS, audience, clockTolerance: CLOCK_TOLERANCE, requiredClaims: ['exp'] };
   const verify = (keys: JWTVerifyGetKey) => jwtVerify(assertion, keys, options);
   let claims: JWTPayload;
@@ -244,9 +244,12 @@ export const federated: ClientAuthMethod = {
     token_endpoint_auth_method: 'none',
     ...(record.federatedIssuer && record.federatedSubject ? { m2m_federated: { issuer: record.federatedIssuer, subject: record.federatedSubject } } : {}),
   }),
-  hooks: (deps) => ({
-    install: takeExternalTokens,
-    identify: (ctx) => named(deps, ctx),
-    found: (client, ctx) => authenticated(deps, client, ctx),
-  }),
+  hooks: ({ settings, issuers, issuerKeys }) => {
+    const deps: FederatedDeps = { issuers, issuerKeys, audience: [settings.issuer, endpointUrls(settings.issuer).token] };
+    return {
+      install: takeExternalTokens,
+      identify: (ctx) => named(deps, ctx),
+      found: (client, ctx) => authenticated(deps, client, ctx),
+    };
+  },
 };
