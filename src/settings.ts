@@ -128,8 +128,6 @@ export interface Settings {
   allowKeyLoss: boolean;
   /** Derived: when a published key signs and a retired one is unpublished (JWKS_MAX_AGE, KEYS_RELOAD_SECONDS, MAX_ACCESS_TOKEN_TTL). */
   schedule: ScheduleTimes;
-  /** Derived: the token endpoint's URL under ISSUER, the `aud` a client assertion names and a DPoP proof's htu. */
-  tokenEndpoint: string;
   /** M2M_TLS_TICKET_KEYS (TLS_TICKET_KEYS_ENV): the workers' shared TLS session-ticket keys; unset in a single process. */
   tlsTicketKeys: Buffer | undefined;
 }
@@ -352,7 +350,6 @@ export function loadSettings(env: Env = process.env, command?: OperatorCommand):
     tlsHandshakeTimeout: integer(env, 'TLS_HANDSHAKE_TIMEOUT', 10, 1, 300),
     maxConnectionsPerAddress: integer(env, 'MAX_CONNECTIONS_PER_ADDRESS', 256, 1, 1000000),
     issuer,
-    tokenEndpoint: `${issuer}/token`,
     migrateOnStart: bool(env, 'MIGRATE_ON_START', true),
     tlsMode,
     tlsCert: file(env, 'TLS_CERT'),

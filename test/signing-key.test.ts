@@ -2,7 +2,7 @@
 // signature must still go to the data it was asked for, past one batch as well.
 import { generateKeyPairSync, verify } from 'node:crypto';
 
-import { RsaSigningKey } from '../src/oauth/signing-key.ts';
+import { TokenSigner as RsaSigningKey } from '../src/oauth/token-signer.ts';
 
 const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const key = new RsaSigningKey({ kid: 'k1', jwk: publicKey.export({ format: 'jwk' }), privateKey, publishedAt: 0, signsFrom: 0, origin: 'test', order: 1 });

@@ -12,6 +12,7 @@ import type { NewClient } from '../clients/register.ts';
 import { AUTH_METHODS, ClientRegistry, type AuthMethod } from '../clients/registry.ts';
 import { digestSecret, generateSecret } from '../clients/secrets.ts';
 import * as check from '../clients/validate.ts';
+import { endpointUrls } from '../http/endpoints.ts';
 import { ensureDevTls, issueCertificate } from '../keys/dev-tls.ts';
 import { openDatabase } from '../storage/database.ts';
 import { commandSettings, run, say } from './output.ts';
@@ -235,7 +236,7 @@ program.command('cert <client_id>')
     const key = join(options.out, `${clientId}.key`);
     writeFileSync(cert, issued.cert);
     writeFileSync(key, issued.key, { mode: 0o600 });
-    const curl = `curl --cacert ${relative(process.cwd(), files.caCert)} --cert ${relative(process.cwd(), cert)} --key ${relative(process.cwd(), key)} -d grant_type=client_credentials -d client_id=${clientId} ${settings.tokenEndpoint}`;
+    const curl = `curl --cacert ${relative(process.cwd(), files.caCert)} --cert ${relative(process.cwd(), cert)} --key ${relative(process.cwd(), key)} -d grant_type=client_credentials -d client_id=${clientId} ${endpointUrls(settings.issuer).token}`;
     say(options.json, { client_id: clientId, certificate: cert, key, subject_dn: `CN=${clientId}`, curl }, [
       `Certificate ${cert} and key ${key} (subject CN=${clientId}, SAN urn:m2m-client:${clientId}).`,
       `Register it with: npm run client -- add ${clientId} --auth tls_client_auth --subject-dn "CN=${clientId}" --audience <uri>`,

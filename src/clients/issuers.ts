@@ -1,9 +1,7 @@
 // Trusted issuers of workload identities, and which client each (issuer, subject) is. Read
-// from the database and cached like clients (CLIENT_CACHE_SECONDS; a NOTIFY drops the cache
-// at once; through a database outage, entries fetched within DB_OUTAGE_GRACE_SECONDS).
+// from the database and cached like clients (cache.ts).
 import type { Database } from '../storage/database.ts';
-import { query } from '../storage/errors.ts';
-import type { RegistryOptions } from './registry.ts';
+import { DatabaseCache, type CacheOptions } from './cache.ts';
 
 export const ISSUER_KINDS = ['oidc', 'kubernetes', 'spiffe'] as const;
 export type IssuerKind = (typeof ISSUER_KINDS)[number];
@@ -51,61 +49,37 @@ function toRecord(row: IssuerRow): IssuerRecord {
 
 export class IssuerRegistry {
   readonly #db: Database;
-  readonly #ttlMs: number;
-  readonly #graceMs: number;
-  readonly #cache = new Map<string, { value: unknown; fetchedAt: number }>();
-  #generation = 0;
+  /** Issuers by `i\0<iss>`, client ids by `s\0<issuer name>\0<subject>`. */
+  readonly #cache: DatabaseCache<IssuerRecord | string | undefined>;
 
-  constructor(db: Database, options: Pick<RegistryOptions, 'cacheSeconds' | 'outageGraceSeconds'>) {
+  constructor(db: Database, options: Pick<CacheOptions, 'cacheSeconds' | 'outageGraceSeconds'>) {
     this.#db = db;
-    this.#ttlMs = options.cacheSeconds * 1000;
-    this.#graceMs = (options.outageGraceSeconds ?? 0) * 1000;
+    this.#cache = new DatabaseCache(options);
   }
 
   /** The issuer whose tokens carry `iss` (or, for SPIFFE, whose trust domain this is), enabled or not. */
   byIssuer(iss: string): Promise<IssuerRecord | undefined> {
-    return this.#cached(`i\u0000${iss}`, async () => {
+    return this.#cache.get(`i\u0000${iss}`, async () => {
       const row: IssuerRow | undefined = await this.#db('issuers').where({ issuer: iss }).first();
       return row && toRecord(row);
-    });
+    }) as Promise<IssuerRecord | undefined>;
   }
 
   /** The id of the client an issuer's subject is mapped to. */
   clientFor(issuerName: string, subject: string): Promise<string | undefined> {
-    return this.#cached(`s\u0000${issuerName}\u0000${subject}`, async () => {
+    return this.#cache.get(`s\u0000${issuerName}\u0000${subject}`, async () => {
       const row: { client_id: string } | undefined = await this.#db('clients')
         .where({ federated_issuer: issuerName, federated_subject: subject }).first('client_id');
       return row?.client_id;
-    });
+    }) as Promise<string | undefined>;
   }
 
   invalidate(): void {
-    this.#generation += 1;
-    this.#cache.clear();
+    this.#cache.invalidate();
   }
 
   async list(): Promise<IssuerRecord[]> {
     const rows: IssuerRow[] = await this.#db('issuers').select('*').orderBy('name');
     return rows.map(toRecord);
-  }
-
-  async #cached<T>(key: string, load: () => Promise<T>): Promise<T> {
-    const now = Date.now();
-    const hit = this.#cache.get(key);
-    if (hit && now - hit.fetchedAt < this.#ttlMs) return hit.value as T;
-    const generation = this.#generation;
-    let value: T;
-    try {
-      value = await query(load);
-    } catch (err) {
-      if (hit && now - hit.fetchedAt < this.#graceMs) return hit.value as T;
-      throw err;
-    }
-    // Unknown issuers and subjects are cached too: made-up tokens do not reach the database.
-    if (this.#ttlMs > 0 && generation === this.#generation) {
-      if (this.#cache.size > 10_000) this.#cache.clear();
-      this.#cache.set(key, { value, fetchedAt: now });
-    }
-    return value;
   }
 }

@@ -56,7 +56,7 @@ export function signatureKeyRefusal(jwk: JWK): string | undefined {
 /**
  * Keys in one client's set (--jwks, or served at its jwks_uri): a rotation needs two or
  * three, one per algorithm a few more. The engine checks a signature against one key (see
- * oneKeyPerSignature in ../oauth/engine.ts), so the bound is on what is stored and loaded.
+ * oneKeyPerSignature in ../oauth/client-auth/private-key-jwt.ts), so the bound is on what is stored and loaded.
  */
 export const MAX_CLIENT_KEYS = 10;
 /**
@@ -97,5 +97,3 @@ export function boundedKeySet<T extends { kid?: unknown }>(keys: T[], max: numbe
     return true;
   });
 }
-
-export const ACCEPTED_KEYS = `RSA ${RSA_MIN_BITS}-${RSA_MAX_BITS} bits with exponent 65537, EC P-256 or P-384, or Ed25519`;

@@ -1,8 +1,6 @@
-// The client registry: what the database says about each client, cached in-process so
-// the token path reads nothing in steady state. An entry lives CLIENT_CACHE_SECONDS at
-// most (the bound on a disable taking effect); a PostgreSQL NOTIFY drops it at once.
+// The client registry: what the database says about each client, cached (cache.ts).
 import type { Database } from '../storage/database.ts';
-import { query } from '../storage/errors.ts';
+import { DatabaseCache, type CacheOptions } from './cache.ts';
 import type { StoredSecret } from './secrets.ts';
 
 export const AUTH_METHODS = [
@@ -81,65 +79,22 @@ function epochSeconds(value: Date | string | null): number | null {
   return value === null ? null : Math.floor(new Date(value).getTime() / 1000);
 }
 
-export type CacheResult = 'hit' | 'miss' | 'stale';
-
-export interface RegistryOptions {
-  /** How long an entry is served without asking the database (CLIENT_CACHE_SECONDS). */
-  cacheSeconds: number;
-  /** While the database is unreachable, entries fetched this recently are still served (DB_OUTAGE_GRACE_SECONDS). */
-  outageGraceSeconds?: number;
-  onLookup?: (result: CacheResult) => void;
-}
-
 export class ClientRegistry {
   readonly #db: Database;
-  readonly #ttlMs: number;
-  readonly #graceMs: number;
-  readonly #onLookup: (result: CacheResult) => void;
-  readonly #cache = new Map<string, { record: ClientRecord | undefined; fetchedAt: number }>();
-  #generation = 0;
+  readonly #cache: DatabaseCache<ClientRecord | undefined>;
 
-  constructor(db: Database, options: RegistryOptions) {
+  constructor(db: Database, options: CacheOptions) {
     this.#db = db;
-    this.#ttlMs = options.cacheSeconds * 1000;
-    this.#graceMs = (options.outageGraceSeconds ?? 0) * 1000;
-    this.#onLookup = options.onLookup ?? (() => {});
+    this.#cache = new DatabaseCache(options);
   }
 
   /** The client as the database has it (enabled or not), or undefined when unknown. */
-  async find(clientId: string): Promise<ClientRecord | undefined> {
-    const now = Date.now();
-    const hit = this.#cache.get(clientId);
-    if (hit && now - hit.fetchedAt < this.#ttlMs) {
-      this.#onLookup('hit');
-      return hit.record;
-    }
-    let record: ClientRecord | undefined;
-    const generation = this.#generation;
-    try {
-      record = await query(() => this.#load(clientId));
-    } catch (err) {
-      // Tokens are stateless: a client known moments ago keeps working through a failover.
-      if (hit && now - hit.fetchedAt < this.#graceMs) {
-        this.#onLookup('stale');
-        return hit.record;
-      }
-      throw err;
-    }
-    this.#onLookup('miss');
-    // Unknown ids are cached too, so a flood of made-up ids cannot reach the database.
-    // A change announced while this read was under way may not be in it: do not keep it.
-    if (this.#ttlMs > 0 && generation === this.#generation) {
-      if (this.#cache.size > 10_000) this.#cache.clear();
-      this.#cache.set(clientId, { record, fetchedAt: now });
-    }
-    return record;
+  find(clientId: string): Promise<ClientRecord | undefined> {
+    return this.#cache.get(clientId, () => this.#load(clientId));
   }
 
   invalidate(clientId?: string): void {
-    this.#generation += 1;
-    if (clientId === undefined) this.#cache.clear();
-    else this.#cache.delete(clientId);
+    this.#cache.invalidate(clientId);
   }
 
   async list(): Promise<ClientRecord[]> {

@@ -8,9 +8,10 @@ import type { Context } from 'koa';
 import { lineKept, type Logger } from '../log.ts';
 import type { Metrics } from '../metrics.ts';
 import { FEDERATED, type FederatedAudit } from '../oauth/client-auth/federated.ts';
+import { endpointAt } from './endpoints.ts';
 
 /** What the engine knew when it refused a request (set from its error events). */
-export interface Refusal {
+interface Refusal {
   reason: string | undefined;
 }
 
@@ -52,7 +53,7 @@ function decodePart(token: string, index: 0 | 1): Record<string, unknown> {
 }
 
 /** The client id the caller claimed, whether or not it exists: Basic, form, or assertion `sub`. */
-export function clientIdAsSent(ctx: Context): string | undefined {
+function clientIdAsSent(ctx: Context): string | undefined {
   const federated = federatedOf(ctx);
   if (federated) return federated.client_id;
   const authorization = ctx.get('authorization');
@@ -99,16 +100,10 @@ function federatedFields(ctx: Context): Record<string, unknown> {
   return { issuer: federated.issuer, subject: federated.subject, ...(federated.kubernetes ? { kubernetes: federated.kubernetes } : {}) };
 }
 
-const ENDPOINT_EVENTS: Record<string, string> = {
-  '/token': 'token',
-  '/token/introspection': 'introspection',
-  '/token/revocation': 'revocation',
-};
-
 /** `kid`: the key that signs now (the token's header need not be decoded to learn it). */
 export function audit(ctx: Context, logger: Logger, metrics: Metrics, address: string, startedAt: bigint, kid: string | undefined, endpointLabel: string): void {
   const latencyMs = Number(process.hrtime.bigint() - startedAt) / 1e6;
-  const endpoint = ENDPOINT_EVENTS[ctx.path];
+  const endpoint = endpointAt(ctx.path)?.event;
   const issued = (ctx.state as { [ISSUED]?: Issued })[ISSUED];
   if (endpoint && ctx.status === 200 && issued) {
     const method = methodOf(ctx) ?? 'unknown';

@@ -6,6 +6,7 @@ import ipaddr from 'ipaddr.js';
 import proxyAddr from 'proxy-addr';
 
 import type { Settings } from '../settings.ts';
+import { trustedProxies } from './trusted-proxies.ts';
 
 /** IPv4 clients of a dual-stack listener appear as ::ffff:a.b.c.d; one address, one form. */
 function canonical(address: string | undefined): string {
@@ -19,6 +20,6 @@ export function clientAddress(settings: Settings): (req: IncomingMessage) => str
   if (settings.tlsMode !== 'proxy' || settings.trustedProxies.length === 0) {
     return (req) => canonical(req.socket.remoteAddress);
   }
-  const trust = proxyAddr.compile(settings.trustedProxies);
+  const trust = trustedProxies(settings);
   return (req) => canonical(proxyAddr(req, trust));
 }

@@ -9,10 +9,9 @@ import { createServer as createHttpServer, type IncomingMessage, type ServerResp
 import { createServer as createHttpsServer } from 'node:https';
 import type { Server, Socket } from 'node:net';
 
-import proxyAddr from 'proxy-addr';
-
 import { addressKey } from '../net/address-key.ts';
 import type { Settings } from '../settings.ts';
+import { isTrustedProxy } from './trusted-proxies.ts';
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -106,8 +105,7 @@ export function createServer(settings: Settings, handler: Handler, tls: TlsMater
     // A finished handshake is no licence to idle: the first request follows within the same time.
     closeIfNoRequest(server, 'secureConnection', handshakeMs);
   }
-  const trust = proxyAddr.compile(settings.tlsMode === 'proxy' ? settings.trustedProxies : []);
-  limitConnectionsPerAddress(server, settings.maxConnectionsPerAddress, (address) => trust(address, 0));
+  limitConnectionsPerAddress(server, settings.maxConnectionsPerAddress, (address) => settings.tlsMode === 'proxy' && isTrustedProxy(settings, address));
   // A connection's client certificate is read once and kept (client-certificates.ts):
   // renegotiation, which could swap it, is refused.
   if (settings.tlsMode !== 'proxy') {

@@ -1,7 +1,7 @@
 // A running server's view of the signing keys: read from the database at start, then again
 // whenever a NOTIFY says they changed and every KEYS_RELOAD_SECONDS (for a lost notification,
 // and for a key whose time to sign or to leave /jwks has come). Never read per token: the
-// server rebuilds its app only when the set it would serve changes. Each read also does
+// server swaps its keys (oauth/current-keys.ts) only when the set it would serve changes. Each read also does
 // what automatic rotation asks, under the schedule's lock.
 import type { Logger } from '../log.ts';
 import type { Database } from '../storage/database.ts';

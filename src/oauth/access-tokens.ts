@@ -2,9 +2,9 @@
 // published keys, our issuer, RS256 and typ at+jwt only, and no clock tolerance.
 //
 // These are tokens we signed ourselves, in one shape, so this checks exactly that shape
-// with node:crypto and a KeyObject imported once per key. jose's jwtVerify, used here
-// before, verifies through WebCrypto, which hands each signature to the thread pool and
-// back; it cost about a quarter of an introspection request (see issue 5's note).
+// with node:crypto and a KeyObject imported once per key: jose's jwtVerify verifies through
+// WebCrypto, which hands each signature to the thread pool and back, a cost felt per
+// introspection request (docs/performance.md).
 //
 // A resource API introspects the same token on every call it receives with it, so a token
 // whose signature checked out is remembered (by its SHA-256, never the token itself, up to

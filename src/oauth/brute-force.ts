@@ -24,21 +24,21 @@ import type { Knex } from 'knex';
 import { addressKey } from '../net/address-key.ts';
 import { databaseFailureCounts, memoryFailureCounts, type FailureCount, type FailureCounts } from '../storage/failure-counts.ts';
 
-export interface BruteForceLimits {
+interface BruteForceLimits {
   perClient: number;
   perAddress: number;
   windowSeconds: number;
 }
 
 /** Which limit refused an attempt; the audit line names it, the response never does. */
-export type LimitReason = 'limit per address' | 'limit per client and address';
+type LimitReason = 'limit per address' | 'limit per client and address';
 
 /**
  * How an attempt ended: `failed`, its credential was refused (401); `authenticated`, the
  * client proved who it is (a 2xx answer); `other`, neither (the request was refused before
  * or regardless of its credential).
  */
-export type Outcome = 'failed' | 'authenticated' | 'other';
+type Outcome = 'failed' | 'authenticated' | 'other';
 
 /** One admitted attempt: settle it when its outcome is known. */
 export interface Attempt {
@@ -46,7 +46,7 @@ export interface Attempt {
 }
 
 /** `busy`: the attempt waited its turn for longer than MAX_WAIT_MS (answered 503, not 429). */
-export type Admission = { attempt: Attempt } | { refused: LimitReason; waitMs: number } | { busy: true };
+type Admission = { attempt: Attempt } | { refused: LimitReason; waitMs: number } | { busy: true };
 
 export interface BruteForce {
   /** Admits one attempt under `address`'s limit. Answers at once (no promise) when it can. */

@@ -9,11 +9,11 @@ import type { TLSSocket } from 'node:tls';
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import type { Context } from 'koa';
-import proxyAddr from 'proxy-addr';
 
 import type { Logger } from '../log.ts';
 import type { Settings } from '../settings.ts';
 import { certificateSubjectDn, normaliseDn } from '../clients/distinguished-name.ts';
+import { isTrustedProxy } from '../http/trusted-proxies.ts';
 
 const CERT = Symbol('client certificate');
 
@@ -106,50 +106,69 @@ export interface CertificateHooks {
   certificateSubjectMatches(ctx: Context, property: string, expected: string): boolean;
 }
 
-export function certificateHooks(settings: Settings, clientCas: X509Certificate[], logger: Logger): CertificateHooks {
-  // The same matcher client-address.ts uses (proxy-addr), so both agree on who a proxy is.
-  const trust = proxyAddr.compile(settings.trustedProxies);
-  const fromTrustedProxy = (address: string | undefined): boolean => address !== undefined && trust(address, 0);
+/** Direct mode: the certificate of the TLS connection, parsed and checked once per connection. */
+function fromHandshake(ctx: Context, clientCas: X509Certificate[]): Presented | undefined {
+  const socket = ctx.req.socket as TLSSocket;
+  const known = perSocket.get(socket);
+  if (known !== undefined) return known ?? undefined;
+  const cert = socket.getPeerX509Certificate?.();
+  // Not socket.authorized: that is Node's verdict against its public roots.
+  const found = cert ? { cert, trusted: issuedByTrustedCa(cert, clientCas) } : undefined;
+  perSocket.set(socket, found ?? null);
+  return found;
+}
 
+/** Proxy mode: the certificate in CLIENT_CERT_HEADER, from a trusted proxy only. */
+function fromProxy(ctx: Context, settings: Settings, clientCas: X509Certificate[], logger: Logger): Presented | undefined {
+  const header = ctx.get(settings.clientCertHeader);
+  if (!header) return undefined;
+  const address = ctx.req.socket.remoteAddress;
+  // The same matcher client-address.ts uses, so both agree on who a proxy is.
+  if (!isTrustedProxy(settings, address)) {
+    logger.warn({ remote_address: address, header: settings.clientCertHeader }, 'ignored a forwarded client certificate from an untrusted address');
+    return undefined;
+  }
+  const now = Date.now();
+  const known = perHeader.get(header);
+  if (known && known.until > now) return known.presented ?? undefined;
+  let found: Presented | undefined;
+  try {
+    const cert = new X509Certificate(decodeURIComponent(header));
+    found = { cert, trusted: issuedByTrustedCa(cert, clientCas) };
+  } catch {
+    logger.info({ header: settings.clientCertHeader }, 'forwarded client certificate did not parse');
+  }
+  if (perHeader.size > 1000) perHeader.clear();
+  perHeader.set(header, { presented: found ?? null, until: now + FORWARDED_TTL_MS });
+  return found;
+}
+
+/** Whether the certificate's subject DN, DNS SAN or URI SAN is `expected`; never throws. */
+function subjectMatches(presented: Presented, property: string, expected: string): boolean {
+  const altNames = () => (presented.altNames ??= subjectAltNames(presented.cert));
+  try {
+    switch (property) {
+      case 'tls_client_auth_subject_dn':
+        presented.subjectDn ??= certificateSubjectDn(presented.cert);
+        return presented.subjectDn === normalisedDn(expected);
+      case 'tls_client_auth_san_dns':
+        return altNames().some((n) => n.type === 'dns' && n.value.toLowerCase() === expected.toLowerCase());
+      case 'tls_client_auth_san_uri':
+        return altNames().some((n) => n.type === 'url' && n.value === expected);
+      default:
+        return false;
+    }
+  } catch {
+    return false;
+  }
+}
+
+export function certificateHooks(settings: Settings, clientCas: X509Certificate[], logger: Logger): CertificateHooks {
+  /** The request's certificate, looked for once per request. */
   const present = (ctx: Context): Presented | undefined => {
     const state = ctx.state as { [CERT]?: Presented | null };
     if (state[CERT] !== undefined) return state[CERT] ?? undefined;
-    let found: Presented | undefined;
-    if (settings.tlsMode === 'direct') {
-      const socket = ctx.req.socket as TLSSocket;
-      const known = perSocket.get(socket);
-      if (known !== undefined) {
-        found = known ?? undefined;
-      } else {
-        const cert = socket.getPeerX509Certificate?.();
-        // Not socket.authorized: that is Node's verdict against its public roots.
-        if (cert) found = { cert, trusted: issuedByTrustedCa(cert, clientCas) };
-        perSocket.set(socket, found ?? null);
-      }
-    } else {
-      const header = ctx.get(settings.clientCertHeader);
-      if (header) {
-        const address = ctx.req.socket.remoteAddress;
-        if (!fromTrustedProxy(address)) {
-          logger.warn({ remote_address: address, header: settings.clientCertHeader }, 'ignored a forwarded client certificate from an untrusted address');
-        } else {
-          const now = Date.now();
-          const known = perHeader.get(header);
-          if (known && known.until > now) {
-            found = known.presented ?? undefined;
-          } else {
-            try {
-              const cert = new X509Certificate(decodeURIComponent(header));
-              found = { cert, trusted: issuedByTrustedCa(cert, clientCas) };
-            } catch {
-              logger.info({ header: settings.clientCertHeader }, 'forwarded client certificate did not parse');
-            }
-            if (perHeader.size > 1000) perHeader.clear();
-            perHeader.set(header, { presented: found ?? null, until: now + FORWARDED_TTL_MS });
-          }
-        }
-      }
-    }
+    const found = settings.tlsMode === 'direct' ? fromHandshake(ctx, clientCas) : fromProxy(ctx, settings, clientCas, logger);
     state[CERT] = found ?? null;
     return found;
   };
@@ -164,23 +183,7 @@ export function certificateHooks(settings: Settings, clientCas: X509Certificate[
     },
     certificateSubjectMatches(ctx, property, expected) {
       const presented = present(ctx);
-      if (!presented) return false;
-      const altNames = () => (presented.altNames ??= subjectAltNames(presented.cert));
-      try {
-        switch (property) {
-          case 'tls_client_auth_subject_dn':
-            presented.subjectDn ??= certificateSubjectDn(presented.cert);
-            return presented.subjectDn === normalisedDn(expected);
-          case 'tls_client_auth_san_dns':
-            return altNames().some((n) => n.type === 'dns' && n.value.toLowerCase() === expected.toLowerCase());
-          case 'tls_client_auth_san_uri':
-            return altNames().some((n) => n.type === 'url' && n.value === expected);
-          default:
-            return false;
-        }
-      } catch {
-        return false;
-      }
+      return presented ? subjectMatches(presented, property, expected) : false;
     },
   };
 }

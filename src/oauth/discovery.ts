@@ -1,17 +1,19 @@
 // RFC 8414 metadata advertising exactly what this server does; served at both well-known
 // paths, since OpenID tooling looks for openid-configuration.
+import { endpointUrls } from '../http/endpoints.ts';
 import type { Settings } from '../settings.ts';
-import { DPOP_ALGS } from './bindings/dpop.ts';
-import { ASSERTION_ALGS, AUTH_METHODS_SUPPORTED } from './engine.ts';
+import { SIGNATURE_ALGS } from './algorithms.ts';
+import { AUTH_METHODS_SUPPORTED } from './client-auth/index.ts';
 
 export function metadata(settings: Settings): Record<string, unknown> {
   const { issuer } = settings;
+  const urls = endpointUrls(issuer);
   return {
     issuer,
-    token_endpoint: `${issuer}/token`,
-    jwks_uri: `${issuer}/jwks`,
-    introspection_endpoint: `${issuer}/token/introspection`,
-    revocation_endpoint: `${issuer}/token/revocation`,
+    token_endpoint: urls.token,
+    jwks_uri: urls.jwks,
+    introspection_endpoint: urls.introspection,
+    revocation_endpoint: urls.revocation,
     grant_types_supported: ['client_credentials'],
     // No authorization endpoint, so no response type: the empty list RFC 7591 section 2
     // gives clients that use none. (authlib's validator wants at least one; none is true.)
@@ -22,13 +24,13 @@ export function metadata(settings: Settings): Record<string, unknown> {
     subject_types_supported: ['public'],
     id_token_signing_alg_values_supported: ['RS256'],
     token_endpoint_auth_methods_supported: AUTH_METHODS_SUPPORTED,
-    token_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGS,
+    token_endpoint_auth_signing_alg_values_supported: SIGNATURE_ALGS,
     introspection_endpoint_auth_methods_supported: AUTH_METHODS_SUPPORTED,
-    introspection_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGS,
+    introspection_endpoint_auth_signing_alg_values_supported: SIGNATURE_ALGS,
     revocation_endpoint_auth_methods_supported: AUTH_METHODS_SUPPORTED,
-    revocation_endpoint_auth_signing_alg_values_supported: ASSERTION_ALGS,
+    revocation_endpoint_auth_signing_alg_values_supported: SIGNATURE_ALGS,
     tls_client_certificate_bound_access_tokens: true,
-    dpop_signing_alg_values_supported: DPOP_ALGS,
+    dpop_signing_alg_values_supported: SIGNATURE_ALGS,
     access_token_signing_alg_values_supported: ['RS256'],
   };
 }

@@ -9,7 +9,8 @@ import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 import type { ClientRegistry } from '../clients/registry.ts';
 import type { RevocationStore } from '../storage/revocations.ts';
 import type { AccessTokenClaims, TokenVerifier } from './access-tokens.ts';
-import { unlessStorageDown, type EngineClient } from './engine.ts';
+import type { EngineClient } from './client-metadata.ts';
+import { unlessStorageDown } from './errors.ts';
 
 export interface TokenCheckDeps {
   verify: () => TokenVerifier;
@@ -30,7 +31,7 @@ export function tokenParam(ctx: KoaContextWithOIDC): string {
 }
 
 /** The claims of a token that is ours, unexpired, unrevoked, whose client is enabled and could have been given it. */
-export async function liveToken(deps: TokenCheckDeps, token: string): Promise<AccessTokenClaims | undefined> {
+async function liveToken(deps: TokenCheckDeps, token: string): Promise<AccessTokenClaims | undefined> {
   const claims = await deps.verify()(token);
   if (!claims || claims.exp - claims.iat > deps.maxTokenTtl) return undefined;
   // Without the database, revocation cannot be ruled out: say so rather than guess.

@@ -2,7 +2,7 @@
 // jwks_uri named by the issuer's OIDC discovery document. Fetched with the same fetcher as
 // clients' jwks_uri (../net/public-fetch.ts: https only, size and time limits, no
 // redirects, public addresses only unless the issuer has --allow-private, JWKS_URI_CA), and
-// filtered by the same key policy (jwks-uri.ts signatureKeys).
+// filtered by the same key policy (client-auth/jwks-uri.ts signatureKeys).
 //
 // A fetched set is used for CACHE_SECONDS (a SPIFFE bundle's spiffe_refresh_hint, when
 // shorter, down to MIN_CACHE_SECONDS); a token whose kid is unknown refetches at once, at
@@ -17,10 +17,10 @@ import type { Logger } from '../log.ts';
 import { publicJsonFetch, type JsonFetch } from '../net/public-fetch.ts';
 import { RemoteValue } from '../net/remote-value.ts';
 import { withoutUserinfo } from '../url-userinfo.ts';
-import { CACHE_SECONDS, REFETCH_COOLDOWN_SECONDS, signatureKeys } from './jwks-uri.ts';
+import { CACHE_SECONDS, REFETCH_COOLDOWN_SECONDS, signatureKeys } from './client-auth/jwks-uri.ts';
 
 export const MIN_CACHE_SECONDS = 30;
-export const MAX_STALE_SECONDS = 24 * 3600;
+const MAX_STALE_SECONDS = 24 * 3600;
 
 type Jwk = Record<string, unknown>;
 
@@ -56,7 +56,7 @@ const expired = (set: IssuerKeySet) => set.ageMs > (set.value?.cacheMs ?? 0);
 // A failed refresh keeps the keys fetched before, for as long as MAX_STALE_SECONDS allows.
 const usable = (set: IssuerKeySet) => set.value !== undefined && set.ageMs < MAX_STALE_SECONDS * 1000;
 
-export interface IssuerKeysOptions {
+interface IssuerKeysOptions {
   /** JWKS_URI_CA: extra CAs trusted for issuers' https endpoints. */
   caFile: string | undefined;
   logger?: Logger | undefined;

@@ -5,7 +5,8 @@
 import type { Middleware } from 'koa';
 import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 
-import { unlessStorageDown, type EngineClient } from './engine.ts';
+import type { EngineClient } from './client-metadata.ts';
+import { unlessStorageDown } from './errors.ts';
 import { mayIntrospect, tokenParam, type TokenCheckDeps } from './introspection.ts';
 
 export function revocation(deps: TokenCheckDeps): Middleware {

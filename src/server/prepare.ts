@@ -3,6 +3,7 @@
 // database), and outside production the development CA and demo client.
 import { insertClient } from '../clients/register.ts';
 import { digestSecret, generateSecret } from '../clients/secrets.ts';
+import { endpointUrls } from '../http/endpoints.ts';
 import { ensureDevTls } from '../keys/dev-tls.ts';
 import { keyEncryption } from '../keys/key-encryption.ts';
 import { readKeyFiles } from '../keys/key-files.ts';
@@ -62,7 +63,7 @@ async function createDemoClient(settings: Settings, database: OpenDatabase, logg
     `Demo client "${DEMO.clientId}" (audience ${DEMO.audience}, scopes "${DEMO.scopes.join(' ')}"). Its secret is shown once:`,
     `  ${secret}`,
     'Get a token:',
-    `  curl ${cacert}-u '${DEMO.clientId}:${secret}' -d grant_type=client_credentials ${settings.tokenEndpoint}`,
+    `  curl ${cacert}-u '${DEMO.clientId}:${secret}' -d grant_type=client_credentials ${endpointUrls(settings.issuer).token}`,
     '',
   ].join('\n'));
 }

@@ -22,6 +22,7 @@ import { onDroppedLine, type Logger } from '../log.ts';
 import { createMetrics, type Metrics } from '../metrics.ts';
 import { createBruteForce } from '../oauth/brute-force.ts';
 import { certificateHooks, parseCertificateBundle, type CertificateHooks } from '../oauth/client-certificates.ts';
+import { CurrentKeys } from '../oauth/current-keys.ts';
 import { IssuerKeys } from '../oauth/issuer-keys.ts';
 import { invalidSetting, type Settings } from '../settings.ts';
 import type { OpenDatabase } from '../storage/database.ts';
@@ -181,8 +182,8 @@ function followDatabase(deps: AppDeps, keyReloader: KeyReloader, closers: Closer
 }
 
 /** The public listener, behind load shedding (MAX_IN_FLIGHT). */
-async function listenPublic(settings: Settings, metrics: Metrics, handler: () => Handler, tls: TlsMaterial | undefined, logger: Logger) {
-  const shedding = shedLoad(settings.maxInFlight, (req, res) => handler()(req, res), () => metrics.requestsShed.inc(), logger);
+async function listenPublic(settings: Settings, metrics: Metrics, handler: Handler, tls: TlsMaterial | undefined, logger: Logger) {
+  const shedding = shedLoad(settings.maxInFlight, handler, () => metrics.requestsShed.inc(), logger);
   metrics.watchInFlight(shedding.inFlight);
   const server = createServer(settings, shedding.handler, tls);
   if (settings.tlsTicketKeys && settings.tlsMode === 'direct') (server as HttpsServer).setTicketKeys(settings.tlsTicketKeys);
@@ -204,10 +205,11 @@ export async function serve(settings: Settings, database: OpenDatabase, logger: 
     const deps = await openDeps(settings, database, encryption, logger, closers);
     const { metrics, lifecycle } = deps;
 
-    let current = keys;
-    watchState(metrics, database, deps.revocations, () => current);
-    await answerReadiness(deps, () => current, closers);
-    let handler: Handler = buildApp(deps, current).callback();
+    // Built once: a key-set change swaps the keys inside it, and every cache is kept.
+    const current = new CurrentKeys(settings.issuer, keys);
+    watchState(metrics, database, deps.revocations, () => current.set);
+    await answerReadiness(deps, () => current.set, closers);
+    const handler: Handler = buildApp(deps, current).callback();
     const keyReloader = reloadKeys({
       db: database.db,
       encryption,
@@ -216,8 +218,7 @@ export async function serve(settings: Settings, database: OpenDatabase, logger: 
       logger,
       current: keys,
       onChange: (next: KeySet) => {
-        handler = buildApp(deps, next).callback();
-        current = next;
+        current.use(next);
         lifecycle.notSigning = false;
       },
       onHalt: () => {
@@ -228,9 +229,9 @@ export async function serve(settings: Settings, database: OpenDatabase, logger: 
     closers.add(async () => keyReloader.stop());
     followDatabase(deps, keyReloader, closers);
 
-    const server = await listenPublic(settings, metrics, () => handler, tls, logger);
+    const server = await listenPublic(settings, metrics, handler, tls, logger);
     const { address: host, port } = server.address() as AddressInfo;
-    logger.info({ issuer: settings.issuer, host, port, tls_mode: settings.tlsMode, signer: current.signer?.kid, database: database.embedded ? 'embedded' : 'postgres' }, 'listening');
+    logger.info({ issuer: settings.issuer, host, port, tls_mode: settings.tlsMode, signer: current.signingKid, database: database.embedded ? 'embedded' : 'postgres' }, 'listening');
     stopOnSignals(server, lifecycle, closers, logger);
   } catch (err) {
     await closers.closeAll();

@@ -15,22 +15,21 @@
 //   answer a replay with invalid_grant;
 // - a client registered with `--dpop` that sends no proof gets invalid_dpop_proof (the
 //   engine says invalid_grant);
-// - a certificate-bound client that sends a proof gets a token bound to both (see below).
+// - a certificate-bound client that sends a proof gets a token bound to both (index.ts).
+// The proof key cache lives as long as the engine, which is made once per process.
 import { calculateJwkThumbprint, importJWK, jwtVerify, type JWK, type JWTHeaderParameters } from 'jose';
-import Provider, { errors, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
-import * as clientCredentials from 'oidc-provider/lib/actions/grants/client_credentials.js';
+import { errors, type KoaContextWithOIDC } from 'oidc-provider';
+import type Provider from 'oidc-provider';
 import * as grantHelpers from 'oidc-provider/lib/helpers/grants.js';
 import instance from 'oidc-provider/lib/helpers/weak_cache.js';
 
 import { signatureKeyRefusal } from '../../clients/key-policy.ts';
-import type { Settings } from '../../settings.ts';
+import { endpointUrls } from '../../http/endpoints.ts';
+import { CLOCK_TOLERANCE, SIGNATURE_ALGS } from '../algorithms.ts';
+import type { TokenBinding } from './binding.ts';
 
-/** Proof algorithms: asymmetric only, the same list as for client assertions. */
-export const DPOP_ALGS = ['RS256', 'PS256', 'ES256', 'ES384', 'EdDSA'] as const;
 /** Oldest a proof's iat may be, seconds (RFC 9449 §11.1 leaves the window to the server). */
-export const PROOF_MAX_AGE = 60;
-/** Clock difference allowed either way, as for client assertions. */
-export const PROOF_CLOCK_TOLERANCE = 15;
+const PROOF_MAX_AGE = 60;
 /** Without a nonce the engine refuses (or answers use_dpop_nonce to) an iat further off. */
 const NONCE_WINDOW = 300;
 /** Proof keys kept imported; the least recently used goes first. */
@@ -54,7 +53,7 @@ interface Proof {
 async function importProofKey(jwk: JWK, alg: string): Promise<ProofKey> {
   const refusal = signatureKeyRefusal(jwk);
   if (refusal) throw new errors.InvalidDpopProof(`DPoP proof jwk refused: ${refusal}`);
-  // As jose's EmbeddedJWK, which the engine used: a key for this alg.
+  // A key for this alg only, as jose's EmbeddedJWK has it.
   if (jwk.alg !== undefined && jwk.alg !== alg) throw new errors.InvalidDpopProof('DPoP proof jwk is for another alg');
   if (jwk.ext !== undefined && typeof jwk.ext !== 'boolean') throw new errors.InvalidDpopProof('DPoP proof jwk ext must be a boolean');
   const key = await importJWK(jwk, alg);
@@ -68,6 +67,12 @@ async function importProofKey(jwk: JWK, alg: string): Promise<ProofKey> {
  */
 class ProofKeys {
   readonly #keys = new Map<string, Promise<ProofKey>>();
+  readonly #imported: (thumbprint: string) => void;
+
+  /** `imported`: told each import's thumbprint (a debug log line shows the cache at work). */
+  constructor(imported: (thumbprint: string) => void) {
+    this.#imported = imported;
+  }
 
   get(header: JWTHeaderParameters): Promise<ProofKey> {
     const { jwk, alg } = header;
@@ -79,7 +84,7 @@ class ProofKeys {
     } else {
       const imported = importProofKey(jwk, alg!);
       key = imported;
-      imported.catch(() => {
+      imported.then(({ thumbprint }) => this.#imported(thumbprint), () => {
         if (this.#keys.get(id) === imported) this.#keys.delete(id);
       });
       if (id.length > PROOF_KEY_MAX_CHARS) return key;
@@ -88,27 +93,6 @@ class ProofKeys {
     this.#keys.set(id, key);
     return key;
   }
-}
-
-type DpopFeature = NonNullable<NonNullable<Configuration['features']>['dPoP']>;
-
-/**
- * The engine's DPoP feature. Nonces are derived (HKDF) from the current minute under
- * `nonceSecret`, which every process reads from the database at start
- * (storage/shared-secrets.ts), so a nonce one worker or instance issued is accepted by all
- * without a read per request. With
- * DPOP_NONCE off no secret is given: proofs carry no nonce, and the engine refuses one.
- */
-export function dpopFeature(settings: Settings, nonceSecret: Buffer | undefined): DpopFeature {
-  if (settings.dpopNonce && !nonceSecret) throw new Error('DPOP_NONCE=true needs the shared DPoP nonce secret');
-  return {
-    enabled: true,
-    ...(settings.dpopNonce ? { nonceSecret } : {}),
-    requireNonce: () => settings.dpopNonce,
-    // Replays are refused, but not by the engine's check (which answers invalid_grant):
-    // useDpop verifies proofs and claims each jti itself.
-    allowReplay: true,
-  };
 }
 
 /**
@@ -124,7 +108,7 @@ async function verifyProof(provider: Provider, ctx: KoaContextWithOIDC, keys: Pr
   let nonce: unknown;
   try {
     let used: ProofKey | undefined;
-    const { payload } = await jwtVerify(jwt, async (header) => (used = await keys.get(header)).key, { algorithms: [...DPOP_ALGS], typ: 'dpop+jwt' });
+    const { payload } = await jwtVerify(jwt, async (header) => (used = await keys.get(header)).key, { algorithms: SIGNATURE_ALGS, typ: 'dpop+jwt' });
     if (typeof payload.iat !== 'number' || !payload.iat) throw new errors.InvalidDpopProof('DPoP proof must have a iat number property');
     if (typeof payload.jti !== 'string' || !payload.jti) throw new errors.InvalidDpopProof('DPoP proof must have a jti string property');
     ({ nonce } = payload);
@@ -164,11 +148,11 @@ async function verifyProof(provider: Provider, ctx: KoaContextWithOIDC, keys: Pr
  */
 function claimFresh(provider: Provider, proof: Proof): Promise<void> {
   const now = Math.floor(Date.now() / 1000);
-  if (proof.iat < now - PROOF_MAX_AGE - PROOF_CLOCK_TOLERANCE) throw new errors.InvalidDpopProof(`DPoP proof iat is more than ${PROOF_MAX_AGE} seconds old`);
-  if (proof.iat > now + PROOF_CLOCK_TOLERANCE) throw new errors.InvalidDpopProof('DPoP proof iat is in the future');
+  if (proof.iat < now - PROOF_MAX_AGE - CLOCK_TOLERANCE) throw new errors.InvalidDpopProof(`DPoP proof iat is more than ${PROOF_MAX_AGE} seconds old`);
+  if (proof.iat > now + CLOCK_TOLERANCE) throw new errors.InvalidDpopProof('DPoP proof iat is in the future');
   // Kept until the proof could no longer be accepted; the jti is the key holder's, so it is
   // claimed under the key (a colon is in no client id: no clash with assertion jtis).
-  const until = Math.max(now, proof.iat) + PROOF_MAX_AGE + PROOF_CLOCK_TOLERANCE;
+  const until = Math.max(now, proof.iat) + PROOF_MAX_AGE + CLOCK_TOLERANCE;
   const claim = provider.ReplayDetection.unique(`dpop:${proof.thumbprint}`, proof.jti, until).then((first) => {
     if (!first) throw new errors.InvalidDpopProof('DPoP proof jti was used before');
   });
@@ -177,56 +161,50 @@ function claimFresh(provider: Provider, proof: Proof): Promise<void> {
   return claim;
 }
 
-/** Installs on `provider` what this module adds to the engine's DPoP (see the top). */
-export function useDpop(provider: Provider, settings: Settings): void {
-  // htu: the engine expects ctx.oidc.urlFor(route), which it builds from the Host header.
-  // Every URL the engine builds is made under ISSUER instead, as the metadata says.
-  provider.OIDCContext.prototype.urlFor = function urlFor(name: string, opt?: Record<string, unknown>) {
-    return `${settings.issuer}${provider.pathFor(name, { mountPath: '', ...opt })}`;
-  };
-
-  // The engine's own client_credentials handler, given the engine's own helpers except two.
-  const engine = Object.fromEntries(Object.entries(grantHelpers).map(([name, helper]) => [name, (helper as (...args: unknown[]) => unknown).bind(undefined, provider)]));
-  const keys = new ProofKeys();
-  // Proofs are checked at the token endpoint only: its URL under ISSUER, parsed once.
-  const tokenEndpoint = new URL(provider.OIDCContext.prototype.urlFor('token')).href;
-  const claims = new WeakMap<KoaContextWithOIDC, Promise<void>>();
-  const helpers = {
-    ...engine,
-    async validateDpop(ctx: KoaContextWithOIDC) {
-      const proof = await verifyProof(provider, ctx, keys, tokenEndpoint, settings.dpopNonce);
-      if (proof) claims.set(ctx, claimFresh(provider, proof));
-      return proof;
-    },
-    checkDpopRequired(ctx: KoaContextWithOIDC, proof: unknown) {
-      grantHelpers.checkDpopRequired(provider, ctx, proof, errors.InvalidDpopProof);
-    },
-  };
-  provider.registerGrantType(
-    clientCredentials.grantType,
-    async (ctx: KoaContextWithOIDC) => {
-      await clientCredentials.handler(provider, helpers, ctx);
+/**
+ * DPoP-bound tokens. Nonces are derived (HKDF) from the current minute under the shared
+ * nonce secret, which every process reads from the database at start
+ * (storage/shared-secrets.ts), so a nonce one worker or instance issued is accepted by all
+ * without a read per request. With DPOP_NONCE off no secret is given: proofs carry no
+ * nonce, and the engine refuses one.
+ */
+export const dpopBinding: TokenBinding = {
+  name: 'dpop',
+  metadata: (record) => ({ dpop_bound_access_tokens: record.dpopBound }),
+  hooks: ({ settings, dpopNonceSecret, logger }) => {
+    if (settings.dpopNonce && !dpopNonceSecret) throw new Error('DPOP_NONCE=true needs the shared DPoP nonce secret');
+    const keys = new ProofKeys((jkt) => logger?.debug({ jkt }, 'imported a DPoP proof key'));
+    // Proofs are checked at the token endpoint only: its URL under ISSUER, parsed once.
+    const tokenEndpoint = new URL(endpointUrls(settings.issuer).token).href;
+    const claims = new WeakMap<KoaContextWithOIDC, Promise<void>>();
+    return {
+      configure(configuration) {
+        configuration.enabledJWA = { ...configuration.enabledJWA, dPoPSigningAlgValues: [...SIGNATURE_ALGS] as never };
+        configuration.features = {
+          ...configuration.features,
+          dPoP: {
+            enabled: true,
+            ...(settings.dpopNonce ? { nonceSecret: dpopNonceSecret } : {}),
+            requireNonce: () => settings.dpopNonce,
+            // Replays are refused, but not by the engine's check (which answers invalid_grant):
+            // validateDpop below verifies proofs and claims each jti itself.
+            allowReplay: true,
+          },
+        };
+      },
+      grantHelpers: (provider) => ({
+        async validateDpop(ctx: KoaContextWithOIDC) {
+          const proof = await verifyProof(provider, ctx, keys, tokenEndpoint, settings.dpopNonce);
+          if (proof) claims.set(ctx, claimFresh(provider, proof));
+          return proof;
+        },
+        checkDpopRequired(ctx: KoaContextWithOIDC, proof: unknown) {
+          grantHelpers.checkDpopRequired(provider, ctx, proof, errors.InvalidDpopProof);
+        },
+      }),
       // A proof seen before (or a database that did not answer) replaces the token made
       // meanwhile with the refusal: the token is never sent, logged or counted.
-      await claims.get(ctx);
-    },
-    // As the engine registers it with resource indicators on: `resource` once.
-    [...clientCredentials.parameters, 'resource'],
-    ['resource'],
-  );
-
-  // A certificate-bound client (`--bound`) that also sends a proof gets a token carrying
-  // both cnf members (RFC 8705 §3.1 and RFC 9449 §6.1 each define one; RFC 7800 lets cnf
-  // hold several). The engine refuses the pair; but dropping the certificate binding would
-  // break the operator's `--bound`, and dropping the proof's would hand a bearer-usable token
-  // to a client that asked for DPoP. Bound to both, the token is no weaker than either.
-  const prototype = provider.ClientCredentials.prototype as unknown as { jkt?: string; setThumbprint(prop: string, input: unknown): void };
-  const engineSetThumbprint = prototype.setThumbprint;
-  prototype.setThumbprint = function setThumbprint(prop, input) {
-    if (prop === 'jkt') {
-      this.jkt = input as string;
-      return;
-    }
-    engineSetThumbprint.call(this, prop, input);
-  };
-}
+      settle: (ctx) => claims.get(ctx),
+    };
+  },
+};

@@ -8,21 +8,29 @@
 // 1. When the engine assembles a request's parameters, an external token sent as the
 //    client assertion (type jwt-spiffe, or jwt-bearer with an `iss` no client id can be)
 //    is taken out of them, so the engine sees a request without credentials.
-// 2. The engine then looks the client up (Client.find): here the token is checked and
-//    its (issuer, subject) resolved to the client, which the engine knows as a `none`
-//    client. A federated client is returned for no other request: one that names it
-//    without a verified external token is refused.
+// 2. The engine then looks the client up (../client-lookup.ts). Its first step asks this
+//    module which client the token names: its (issuer, subject), resolved to a client id,
+//    before anything is verified. The engine knows that client as a `none` client.
+// 3. The lookup's last step, once the client is found: the client must be the one mapped to
+//    the token's issuer and subject, and the token's signature and claims must verify. A
+//    federated client is returned for no other request: one that names it without an
+//    external token is refused.
 // Everything the engine and our front door do around client authentication (brute-force
 // limits, disabled clients, database outages, --bound, audit lines and metrics) therefore
 // applies as for any method. The external token is neither logged nor stored, and may be
 // presented again until it expires (platforms cache them): no jti is recorded.
 import { decodeJwt, decodeProtectedHeader, errors as jose, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
-import Provider, { errors, type KoaContextWithOIDC } from 'oidc-provider';
+import { errors, type KoaContextWithOIDC } from 'oidc-provider';
+import type Provider from 'oidc-provider';
 
 import type { IssuerRecord, IssuerRegistry } from '../../clients/issuers.ts';
 import { CLIENT_ID_PATTERN } from '../../clients/validate.ts';
-import type { Settings } from '../../settings.ts';
+import { endpointUrls } from '../../http/endpoints.ts';
+import { CLOCK_TOLERANCE, SIGNATURE_ALGS } from '../algorithms.ts';
+import type { EngineClient } from '../client-metadata.ts';
+import { unlessStorageDown } from '../errors.ts';
 import { IssuerKeysUnavailable, type IssuerKeys } from '../issuer-keys.ts';
+import type { ClientAuthMethod } from './method.ts';
 
 export const JWT_BEARER = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 /** draft-ietf-oauth-spiffe-client-auth. */
@@ -50,22 +58,25 @@ interface Pending {
   /** The form's client_id, when one was sent. */
   clientId: string | undefined;
 }
+/** Step 2's answer, for step 3: the token and whom it names. */
+interface Named {
+  pending: Pending;
+  issuer: IssuerRecord;
+  subject: string;
+  clientId: string;
+}
 const PENDING = Symbol('federated assertion');
+const NAMED = Symbol('federated client');
 const PARAMS = Symbol('params');
 
 type EngineParams = Record<string, string | undefined>;
-type Oidc = { ctx: KoaContextWithOIDC; [PARAMS]?: EngineParams; [PENDING]?: Pending };
-type EngineClientLike = { m2m_federated?: { issuer: string; subject: string } };
+type Oidc = { ctx: KoaContextWithOIDC; [PARAMS]?: EngineParams; [PENDING]?: Pending; [NAMED]?: Named };
 
-export interface FederatedDeps {
-  settings: Settings;
+interface FederatedDeps {
   issuers: IssuerRegistry;
-  keys: IssuerKeys;
-  /** Asymmetric algorithms only. */
-  algorithms: string[];
-  clockTolerance: number;
-  /** Turns a database outage into the engine's 503. */
-  unlessStorageDown: <T>(work: () => Promise<T>) => Promise<T>;
+  issuerKeys: IssuerKeys;
+  /** `aud` of an external token when its issuer names none: ISSUER or the token endpoint. */
+  audience: string[];
 }
 
 // A reason is also a metrics label (m2m_refusals_total): it names nothing the caller chose,
@@ -123,12 +134,12 @@ async function issuerOf(deps: FederatedDeps, pending: Pending, claims: JWTPayloa
     // draft-ietf-oauth-spiffe-client-auth: iss is optional; the trust domain is the SPIFFE ID's.
     const spiffeId = SPIFFE_ID.exec(subject);
     if (!spiffeId) refuse('the JWT-SVID\'s sub is not a SPIFFE ID');
-    issuer = await deps.unlessStorageDown(() => deps.issuers.byIssuer(spiffeId[1]!));
+    issuer = await unlessStorageDown(() => deps.issuers.byIssuer(spiffeId[1]!));
     if (!issuer) refuse('no trusted issuer for the SPIFFE ID\'s trust domain');
     if (issuer.kind !== 'spiffe') refuse(`issuer ${issuer.name} is not a SPIFFE trust domain`);
   } else {
     if (typeof claims.iss !== 'string') refuse('the external token has no iss');
-    issuer = await deps.unlessStorageDown(() => deps.issuers.byIssuer(claims.iss!));
+    issuer = await unlessStorageDown(() => deps.issuers.byIssuer(claims.iss!));
     if (!issuer) refuse('the external token\'s iss is not a trusted issuer');
     if (issuer.kind === 'spiffe') refuse(`issuer ${issuer.name} is a SPIFFE trust domain: use client_assertion_type ${JWT_SPIFFE}`);
     if (issuer.kind === 'kubernetes' && !KUBERNETES_SUBJECT.test(subject)) refuse('the sub of a Kubernetes token is not system:serviceaccount:<namespace>:<name>');
@@ -138,17 +149,17 @@ async function issuerOf(deps: FederatedDeps, pending: Pending, claims: JWTPayloa
 
 /** Signature (asymmetric, by a key of the issuer), aud, exp, nbf, iat, and the issuer's lifetime cap. */
 async function verified(deps: FederatedDeps, issuer: IssuerRecord, assertion: string): Promise<JWTPayload> {
-  const audience = issuer.audience ?? [deps.settings.issuer, `${deps.settings.issuer}/token`];
-  const options = { algorithms: deps.algorithms, audience, clockTolerance: deps.clockTolerance, requiredClaims: ['exp'] };
+  const audience = issuer.audience ?? deps.audience;
+  const options = { algorithms: SIGNATURE_ALGS, audience, clockTolerance: CLOCK_TOLERANCE, requiredClaims: ['exp'] };
   const verify = (keys: JWTVerifyGetKey) => jwtVerify(assertion, keys, options);
   let claims: JWTPayload;
   try {
     try {
-      claims = (await verify(await deps.keys.keys(issuer))).payload;
+      claims = (await verify(await deps.issuerKeys.keys(issuer))).payload;
     } catch (err) {
       // An unknown kid: the issuer may have rotated its keys since they were fetched.
       if (!(err instanceof jose.JWKSNoMatchingKey)) throw err;
-      const again = await deps.keys.refetched(issuer);
+      const again = await deps.issuerKeys.refetched(issuer);
       if (!again) throw err;
       claims = (await verify(again)).payload;
     }
@@ -159,14 +170,14 @@ async function verified(deps: FederatedDeps, issuer: IssuerRecord, assertion: st
     throw err;
   }
   const now = Math.floor(Date.now() / 1000);
-  if (typeof claims.iat === 'number' && claims.iat > now + deps.clockTolerance) refuse('the external token was issued in the future');
+  if (typeof claims.iat === 'number' && claims.iat > now + CLOCK_TOLERANCE) refuse('the external token was issued in the future');
   const lifetime = claims.exp! - (typeof claims.iat === 'number' ? claims.iat : now);
   if (lifetime > issuer.maxLifetime) refuse(`the external token is valid for longer than issuer ${issuer.name} allows (${issuer.maxLifetime} s)`);
   return claims;
 }
 
-/** Steps 1 and 2 (see the top of this file), on the engine `provider`. */
-export function useFederatedClients(provider: Provider, deps: FederatedDeps): void {
+/** Step 1: the engine's parameters pass through takeExternalToken as they are set. */
+function takeExternalTokens(provider: Provider): void {
   Object.defineProperty(provider.OIDCContext.prototype, 'params', {
     configurable: true,
     get(this: Oidc) {
@@ -177,47 +188,68 @@ export function useFederatedClients(provider: Provider, deps: FederatedDeps): vo
       takeExternalToken(this, params);
     },
   });
-
-  const find = provider.Client.find.bind(provider.Client);
-  provider.Client.find = async (id: string) => {
-    const ctx = Provider.ctx as KoaContextWithOIDC | undefined;
-    const oidc = ctx?.oidc as Oidc | undefined;
-    const pending = oidc?.[PENDING];
-    if (!ctx || !oidc || !pending) {
-      const client = await find(id);
-      // Without a verified external token, a federated client is not authenticated by anything.
-      if ((client as EngineClientLike | undefined)?.m2m_federated) refuse('a federated client authenticates with an external token only');
-      return client;
-    }
-    delete oidc[PENDING];
-    const audit = auditOf(ctx);
-    let claims: JWTPayload;
-    try {
-      claims = decodeJwt(pending.assertion);
-      decodeProtectedHeader(pending.assertion);
-    } catch {
-      refuse('the external token is not a JWT');
-    }
-    const { issuer, subject } = await issuerOf(deps, pending, claims, audit);
-    audit.issuer = issuer.name;
-    if (!issuer.enabled) refuse(`issuer ${issuer.name} is disabled`);
-    const clientId = await deps.unlessStorageDown(() => deps.issuers.clientFor(issuer.name, subject));
-    if (!clientId) refuse(`no client is mapped to this subject of issuer ${issuer.name}`);
-    audit.client_id = clientId;
-    if (pending.clientId !== undefined && pending.clientId !== clientId) refuse('the form\'s client_id is not the client mapped to this subject');
-    // Brute-force limits, the registry, disabled clients and outages: as for any client.
-    const client = await find(clientId);
-    if (!client) return undefined;
-    const mapped = (client as EngineClientLike).m2m_federated;
-    if (mapped?.issuer !== issuer.name || mapped.subject !== subject) refuse(`client ${clientId} is not mapped to this subject`);
-    const checked = await verified(deps, issuer, pending.assertion);
-    const k8s = checked['kubernetes.io'] as { namespace?: unknown; serviceaccount?: { name?: unknown }; pod?: { name?: unknown } } | undefined;
-    if (issuer.kind === 'kubernetes' && k8s && typeof k8s === 'object') {
-      // Kubernetes names are at most 253 characters; anything else is not one.
-      const name = (value: unknown) => (typeof value === 'string' ? value.slice(0, 253) : undefined);
-      audit.kubernetes = { namespace: name(k8s.namespace), serviceaccount: name(k8s.serviceaccount?.name), pod: name(k8s.pod?.name) };
-    }
-    oidc[PARAMS]!.client_id = clientId;
-    return client;
-  };
 }
+
+/** Step 2: the client the request's external token names, not verified yet. */
+async function named(deps: FederatedDeps, ctx: KoaContextWithOIDC | undefined): Promise<string | undefined> {
+  const oidc = ctx?.oidc as Oidc | undefined;
+  const pending = oidc?.[PENDING];
+  if (!ctx || !oidc || !pending) return undefined;
+  delete oidc[PENDING];
+  const audit = auditOf(ctx);
+  let claims: JWTPayload;
+  try {
+    claims = decodeJwt(pending.assertion);
+    decodeProtectedHeader(pending.assertion);
+  } catch {
+    refuse('the external token is not a JWT');
+  }
+  const { issuer, subject } = await issuerOf(deps, pending, claims, audit);
+  audit.issuer = issuer.name;
+  if (!issuer.enabled) refuse(`issuer ${issuer.name} is disabled`);
+  const clientId = await unlessStorageDown(() => deps.issuers.clientFor(issuer.name, subject));
+  if (!clientId) refuse(`no client is mapped to this subject of issuer ${issuer.name}`);
+  audit.client_id = clientId;
+  if (pending.clientId !== undefined && pending.clientId !== clientId) refuse('the form\'s client_id is not the client mapped to this subject');
+  oidc[NAMED] = { pending, issuer, subject, clientId };
+  return clientId;
+}
+
+/** Step 3: the client found is the one mapped to the token, and the token verifies. */
+async function authenticated(deps: FederatedDeps, client: EngineClient, ctx: KoaContextWithOIDC | undefined): Promise<void> {
+  const oidc = ctx?.oidc as Oidc | undefined;
+  const token = oidc?.[NAMED];
+  // Without an external token, a federated client is not authenticated by anything.
+  if (!ctx || !oidc || !token) refuse('a federated client authenticates with an external token only');
+  delete oidc[NAMED];
+  const { pending, issuer, subject, clientId } = token;
+  const mapped = client.m2m_federated;
+  if (mapped?.issuer !== issuer.name || mapped.subject !== subject) refuse(`client ${clientId} is not mapped to this subject`);
+  const checked = await verified(deps, issuer, pending.assertion);
+  const k8s = checked['kubernetes.io'] as { namespace?: unknown; serviceaccount?: { name?: unknown }; pod?: { name?: unknown } } | undefined;
+  if (issuer.kind === 'kubernetes' && k8s && typeof k8s === 'object') {
+    // Kubernetes names are at most 253 characters; anything else is not one.
+    const name = (value: unknown) => (typeof value === 'string' ? value.slice(0, 253) : undefined);
+    auditOf(ctx).kubernetes = { namespace: name(k8s.namespace), serviceaccount: name(k8s.serviceaccount?.name), pod: name(k8s.pod?.name) };
+  }
+  oidc[PARAMS]!.client_id = clientId;
+}
+
+export const federated: ClientAuthMethod = {
+  registered: ['federated'],
+  // The engine knows no federated method: such a client is `none` to it, never advertised.
+  engineMethods: ['none'],
+  advertised: false,
+  metadata: (record) => ({
+    token_endpoint_auth_method: 'none',
+    ...(record.federatedIssuer && record.federatedSubject ? { m2m_federated: { issuer: record.federatedIssuer, subject: record.federatedSubject } } : {}),
+  }),
+  hooks: ({ settings, issuers, issuerKeys }) => {
+    const deps: FederatedDeps = { issuers, issuerKeys, audience: [settings.issuer, endpointUrls(settings.issuer).token] };
+    return {
+      install: takeExternalTokens,
+      identify: (ctx) => named(deps, ctx),
+      found: (client, ctx) => authenticated(deps, client, ctx),
+    };
+  },
+};

@@ -11,7 +11,7 @@ import { urlencoded as parseBody } from 'oidc-provider/lib/shared/selective_body
 import als from 'oidc-provider/lib/helpers/als.js';
 
 /** Middleware that authenticates the caller as a client; `extra` names the other body parameters. */
-export function authenticatedClient(provider: Provider, route: string, extra: string[]): Middleware[] {
+export function authenticatedEndpoint(provider: Provider, route: string, extra: string[]): Middleware[] {
   const withEngineContext: Middleware = (ctx, next) => {
     let oidc: unknown;
     Object.defineProperty(ctx, 'oidc', {

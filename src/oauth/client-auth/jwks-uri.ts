@@ -6,16 +6,15 @@
 // client's Cache-Control says. So the sets are fetched here instead, one cache per URI: a set
 // is used for CACHE_SECONDS, an unknown kid refetches at once (at most once per
 // REFETCH_COOLDOWN_SECONDS, so made-up kids cannot make us hammer the client's server).
-// Fetches go through the public-address fetcher (../net/public-fetch.ts): https only,
+// Fetches go through the public-address fetcher (../../net/public-fetch.ts): https only,
 // bounded, no redirect, public addresses only unless JWKS_URI_ALLOW_PRIVATE. Served keys of a
-// kind the key policy refuses (../clients/key-policy.ts) are ignored and logged.
-import type Provider from 'oidc-provider';
-
-import { boundedKeySet, MAX_CLIENT_KEYS, signatureKeyRefusal } from '../clients/key-policy.ts';
-import type { Logger } from '../log.ts';
-import { publicJsonFetch } from '../net/public-fetch.ts';
-import { RemoteValue } from '../net/remote-value.ts';
-import { withoutUserinfo } from '../url-userinfo.ts';
+// kind the key policy refuses (../../clients/key-policy.ts) are ignored and logged.
+import { boundedKeySet, MAX_CLIENT_KEYS, signatureKeyRefusal } from '../../clients/key-policy.ts';
+import type { Logger } from '../../log.ts';
+import { publicJsonFetch } from '../../net/public-fetch.ts';
+import { RemoteValue } from '../../net/remote-value.ts';
+import { withoutUserinfo } from '../../url-userinfo.ts';
+import type { EngineClient } from '../client-metadata.ts';
 
 export const CACHE_SECONDS = 300;
 export const REFETCH_COOLDOWN_SECONDS = 5;
@@ -30,7 +29,7 @@ interface EngineKeyStore {
   refresh(): Promise<void>;
 }
 
-export interface JwksUriOptions {
+interface JwksUriOptions {
   allowPrivate: boolean;
   /** PEM file of CAs trusted in addition to the system's. */
   caFile: string | undefined;
@@ -53,15 +52,18 @@ export function signatureKeys(body: unknown, skipped: (kid: unknown, reason: str
   });
 }
 
-/** Serves jwks_uri clients' keys from this module's cache instead of the engine's fetching. */
-export function useRemoteJwks(provider: Provider, options: JwksUriOptions, logger?: Logger): void {
+/**
+ * The lookup step of a jwks_uri client: fills the engine's key store of `client` from this
+ * module's cache (one per engine, kept for the life of the process), and makes the engine's
+ * refetch on an unknown kid go through it.
+ */
+export function remoteKeys(options: JwksUriOptions, logger?: Logger): (client: EngineClient) => Promise<void> {
   const fetch = publicJsonFetch({ ...options, what: 'jwks_uri', privateHint: 'JWKS_URI_ALLOW_PRIVATE is false' });
   const sets = new Map<string, RemoteValue<Jwk[]>>();
-  const find = provider.Client.find.bind(provider.Client);
-  provider.Client.find = async (id: string) => {
-    const client = await find(id);
-    const uri = client?.jwksUri;
-    if (!client || !uri) return client;
+  return async (client) => {
+    const uri = client.jwksUri;
+    if (!uri) return;
+    const id = client.clientId;
     let set = sets.get(uri);
     if (!set) {
       const shown = withoutUserinfo(uri);
@@ -88,6 +90,5 @@ export function useRemoteJwks(provider: Provider, options: JwksUriOptions, logge
       await remote.refresh();
       fill();
     };
-    return client;
   };
 }

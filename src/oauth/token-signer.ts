@@ -3,6 +3,13 @@
 // hands every signature to the thread pool and back; on a busy core that hop costs more
 // than the signature saves. oidc-provider's ExternalSigningKey is the supported way in.
 //
+// The engine is given this one key at construction and never again, so the key behind it
+// is swapped (switchTo) when the signing key changes: the engine, and what it has cached about
+// clients, stays. The engine reads `kid` when it chooses the key and writes it into the
+// token header, then asks for the signature; a swap in between must not sign a header
+// naming one key with another, so each signature is made with the key its header names
+// (the current one, or the one just replaced).
+//
 // Signatures are made in batches, once per turn of the event loop: the tokens asked for in
 // one turn are signed (up to BATCH_MAX of them), then all their answers leave together.
 // Answered one by one, each answer woke its reader on its own (on loopback, an interrupt
@@ -18,28 +25,56 @@ import type { SigningKey } from '../keys/signing-keys.ts';
 
 const BATCH_MAX = 16;
 
+interface Key {
+  kid: string;
+  privateKey: KeyObject;
+  publicKey: KeyObject;
+}
+
 interface Pending {
   data: Buffer;
+  key: KeyObject;
   resolve: (signature: Buffer) => void;
   reject: (err: unknown) => void;
 }
 
-export class RsaSigningKey extends ExternalSigningKey {
-  readonly #kid: string;
-  readonly #privateKey: KeyObject;
-  readonly #publicKey: KeyObject;
+function keyOf(key: SigningKey): Key {
+  if (!key.privateKey) throw new Error(`key ${key.kid} has no private part`);
+  return { kid: key.kid, privateKey: key.privateKey, publicKey: createPublicKey(key.privateKey) };
+}
+
+/** The kid in the header of `data` (a JWS signing input), or undefined. */
+function headerKid(data: Buffer): string | undefined {
+  const dot = data.indexOf(0x2e);
+  try {
+    const header: unknown = JSON.parse(Buffer.from(data.subarray(0, dot).toString('latin1'), 'base64url').toString('utf8'));
+    const kid = (header as { kid?: unknown } | null)?.kid;
+    return typeof kid === 'string' ? kid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export class TokenSigner extends ExternalSigningKey {
+  #current: Key;
+  #previous: Key | undefined;
   #pending: Pending[] = [];
 
   constructor(key: SigningKey) {
     super();
-    if (!key.privateKey) throw new Error(`key ${key.kid} has no private part`);
-    this.#kid = key.kid;
-    this.#privateKey = key.privateKey;
-    this.#publicKey = createPublicKey(key.privateKey);
+    this.#current = keyOf(key);
+  }
+
+  /** From now on `key` signs; the key it replaces still signs what was already headed with its kid. */
+  switchTo(key: SigningKey): void {
+    if (key.kid === this.#current.kid) return;
+    const next = keyOf(key);
+    this.#previous = this.#current;
+    this.#current = next;
   }
 
   override get kid(): string {
-    return this.#kid;
+    return this.#current.kid;
   }
 
   override get alg(): string {
@@ -47,22 +82,24 @@ export class RsaSigningKey extends ExternalSigningKey {
   }
 
   override keyObject(): KeyObject {
-    return this.#publicKey;
+    return this.#current.publicKey;
   }
 
   override sign(data: Buffer): Promise<Buffer> {
+    const previous = this.#previous;
+    const key = previous && headerKid(data) === previous.kid ? previous : this.#current;
     return new Promise((resolve, reject) => {
       if (this.#pending.length === 0) setImmediate(() => this.#signBatch());
-      this.#pending.push({ data, resolve, reject });
+      this.#pending.push({ data, key: key.privateKey, resolve, reject });
     });
   }
 
   #signBatch(): void {
     const batch = this.#pending.splice(0, BATCH_MAX);
     if (this.#pending.length > 0) setImmediate(() => this.#signBatch());
-    const results = batch.map(({ data }) => {
+    const results = batch.map(({ data, key }) => {
       try {
-        return { signature: sign('sha256', data, this.#privateKey) };
+        return { signature: sign('sha256', data, key) };
       } catch (error) {
         return { error };
       }
