@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { calculateJwkThumbprint, createRemoteJWKSet, customFetch, jwtVerify, type JWK } from 'jose';
 import { fetch as undiciFetch } from 'undici';
 
+import { NODE, nodeFlags } from './helpers/node.ts';
 import { addClient, createWorkspace, decodeJwtPart, eventually, freePort, ROOT, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
 
 const API = 'https://api.example.test';
@@ -95,8 +96,9 @@ async function migrate(workspace: Workspace): Promise<void> {
 
 /** Every table's rows, as test/helpers/dump-db.ts prints them. */
 async function dumpDatabase(workspace: Workspace, env: Record<string, string> = {}): Promise<string> {
+  const dumpEnv = { ...workspace.env, ...env };
   return new Promise((done, fail) => {
-    execFile(process.execPath, [join(ROOT, 'test', 'helpers', 'dump-db.ts')], { cwd: workspace.dir, env: { ...workspace.env, ...env }, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+    execFile(NODE, [...nodeFlags(dumpEnv), join(ROOT, 'test', 'helpers', 'dump-db.ts')], { cwd: workspace.dir, env: dumpEnv, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
       if (err) fail(new Error(stderr));
       else done(stdout);
     });
@@ -412,7 +414,7 @@ describe('key storage and the key-encryption key', () => {
     await first.stop();
     for (const env of [{ KEYS_ENCRYPTION_KEY: newKek() }, { KEYS_ENCRYPTION_KEY: '' }]) {
       const refused = await new Promise<{ code: number; stdout: string; stderr: string }>((done) => {
-        execFile(process.execPath, [join(ROOT, 'src', 'main.ts')], { cwd: workspace!.dir, env: { ...workspace!.env, ...env } }, (err, stdout, stderr) => {
+        execFile(NODE, [...nodeFlags(workspace!.env), join(ROOT, 'src', 'main.ts')], { cwd: workspace!.dir, env: { ...workspace!.env, ...env } }, (err, stdout, stderr) => {
           done({ code: err ? Number((err as { code?: number }).code) : 0, stdout, stderr });
         });
       });
