@@ -1,10 +1,17 @@
-// What the signing-key tests share: the keys command's rows, /jwks as a resource API reads
-// it, and the command's one-line refusals.
+// What the signing-key tests share: tokens and /jwks as a resource API reads them, the keys
+// command's rows, and its one-line refusals.
 import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 
-import { calculateJwkThumbprint, type JWK } from 'jose';
+import { calculateJwkThumbprint, createRemoteJWKSet, customFetch, jwtVerify, type JWK } from 'jose';
+import { fetch as undiciFetch } from 'undici';
 
-import type { RunningServer, Workspace } from './server.ts';
+import { decodeJwtPart, type RunningServer, type Workspace } from './server.ts';
+
+/** The audience of the tests' client svc. */
+export const API = 'https://api.example.test';
+export const ON_POSTGRES = Boolean(process.env.TEST_DATABASE_URL);
+/** Two server processes on one database need PostgreSQL: only one process may open the embedded one. */
+export const twoInstances = ON_POSTGRES ? describe : describe.skip;
 
 export interface KeyRow {
   kid: string;
@@ -18,8 +25,34 @@ export interface KeyRow {
   replaces: string | null;
 }
 
+export interface Issued {
+  token: string;
+  kid: string;
+  iat: number;
+  exp: number;
+}
+
 export const epoch = (iso: string) => Date.parse(iso) / 1000;
 export const newKek = () => randomBytes(32).toString('base64url');
+
+/** A token for svc, with what the tests check of it. */
+export async function token(server: RunningServer, secret: string): Promise<Issued> {
+  const res = await server.post('/token', { grant_type: 'client_credentials' }, { basic: ['svc', secret] });
+  expect(res.status).toBe(200);
+  const token = res.body.access_token as string;
+  const { kid } = decodeJwtPart(token, 0) as { kid: string };
+  const { iat, exp } = decodeJwtPart(token, 1) as { iat: number; exp: number };
+  return { token, kid, iat, exp };
+}
+
+/** A resource API: jose's remote JWK Set on `jwksOf`'s /jwks, checking the token's own issuer. */
+export async function verifyWith(jwksOf: RunningServer, issued: Issued) {
+  const fetchWithCa = (url: string, init: RequestInit) => undiciFetch(url, { ...(init as object), dispatcher: jwksOf.agent() }) as unknown as Promise<Response>;
+  const set = createRemoteJWKSet(new URL(`${jwksOf.issuer}/jwks`), { [customFetch]: fetchWithCa });
+  const { iss } = decodeJwtPart(issued.token, 1) as { iss: string };
+  // As of when it was issued: what is checked is that /jwks has its key.
+  return jwtVerify(issued.token, set, { issuer: iss, audience: API, typ: 'at+jwt', algorithms: ['RS256'], currentDate: new Date(issued.iat * 1000) });
+}
 
 /** /jwks, which never carries a private part. */
 export async function jwks(server: RunningServer): Promise<{ kid: string; d?: string }[]> {
