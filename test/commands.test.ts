@@ -6,7 +6,9 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 
+import { NODE, nodeFlags } from './helpers/node.ts';
 import { createWorkspace, ROOT, type CommandResult, type Workspace } from './helpers/server.ts';
+import { nodeEnv } from './helpers/template.ts';
 
 const production = Boolean(process.env.TEST_DATABASE_URL);
 
@@ -16,6 +18,7 @@ let env: Record<string, string>;
 beforeAll(async () => {
   workspace = await createWorkspace({}, { emptyDatabase: true });
   env = {
+    ...nodeEnv(),
     PATH: process.env.PATH ?? '',
     HOME: process.env.HOME ?? workspace.dir,
     MIGRATIONS_DIR: workspace.migrationsDir,
@@ -29,8 +32,9 @@ afterAll(async () => {
 
 /** The command as a deploy job runs it: only `env` (plus `extra`), nothing of the server's. */
 function command(script: 'migrate' | 'client' | 'keys' | 'issuer', args: string[], extra: Record<string, string> = {}): Promise<CommandResult> {
+  const commandEnv = { ...env, ...extra };
   return new Promise((done) => {
-    execFile(process.execPath, [join(ROOT, 'src', 'cli', `${script}.ts`), ...args], { cwd: workspace.dir, env: { ...env, ...extra }, timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(NODE, [...nodeFlags(commandEnv), join(ROOT, 'src', 'cli', `${script}.ts`), ...args], { cwd: workspace.dir, env: commandEnv, timeout: 60_000 }, (err, stdout, stderr) => {
       done({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });
@@ -104,8 +108,9 @@ test('a setting a command uses is still checked: one line naming it, exit 2', as
 });
 
 test('the server itself still refuses to start without its settings', async () => {
+  const serverEnv = { ...env, NODE_ENV: 'production', ...SERVER_ONLY, WORKERS: '1', TRUSTED_PROXIES: '' };
   const result = await new Promise<CommandResult>((done) => {
-    execFile(process.execPath, [join(ROOT, 'src', 'main.ts')], { cwd: workspace.dir, env: { ...env, NODE_ENV: 'production', ...SERVER_ONLY, WORKERS: '1', TRUSTED_PROXIES: '' }, timeout: 60_000 },
+    execFile(NODE, [...nodeFlags(serverEnv), join(ROOT, 'src', 'main.ts')], { cwd: workspace.dir, env: serverEnv, timeout: 60_000 },
       (err, stdout, stderr) => done({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
   });
   expect(result.code).toBe(2);

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 
 import { calculateJwkThumbprint, type JWK } from 'jose';
 
+import { NODE, nodeFlags } from './helpers/node.ts';
 import { addClient, createWorkspace, decodeJwtPart, ROOT, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
 
 const API = 'https://api.example.test';
@@ -17,7 +18,7 @@ const newKek = () => randomBytes(32).toString('base64url');
 /** One SQL statement on the workspace's database, as a database writer would run it. */
 async function sql(workspace: Workspace, statement: string, bindings: unknown[] = []): Promise<Record<string, unknown>[]> {
   return new Promise((done, fail) => {
-    execFile(process.execPath, [join(ROOT, 'test', 'helpers', 'sql.ts'), statement, JSON.stringify(bindings)], { cwd: workspace.dir, env: workspace.env }, (err, stdout, stderr) => {
+    execFile(NODE, [...nodeFlags(workspace.env), join(ROOT, 'test', 'helpers', 'sql.ts'), statement, JSON.stringify(bindings)], { cwd: workspace.dir, env: workspace.env }, (err, stdout, stderr) => {
       if (err) fail(new Error(stderr));
       else done(JSON.parse(stdout) as Record<string, unknown>[]);
     });

@@ -4,6 +4,7 @@ import { execFile } from 'node:child_process';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
+import { NODE, nodeFlags } from './helpers/node.ts';
 import { addClient, createWorkspace, ROOT, startServer, type RunningServer, type Workspace } from './helpers/server.ts';
 
 const API = 'https://api.example.test';
@@ -20,7 +21,7 @@ function filesUnder(dir: string): string[] {
 
 function dumpDatabase(): Promise<string> {
   return new Promise((done, fail) => {
-    execFile(process.execPath, [join(ROOT, 'test', 'helpers', 'dump-db.ts')], { cwd: workspace.dir, env: workspace.env, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+    execFile(NODE, [...nodeFlags(workspace.env), join(ROOT, 'test', 'helpers', 'dump-db.ts')], { cwd: workspace.dir, env: workspace.env, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
       if (err) fail(new Error(stderr));
       else done(stdout);
     });

@@ -4,6 +4,7 @@ import { execFile } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 
+import { NODE, nodeFlags } from './helpers/node.ts';
 import { createWorkspace, ROOT, type Workspace } from './helpers/server.ts';
 
 let workspace: Workspace;
@@ -17,8 +18,9 @@ afterAll(async () => {
 });
 
 function start(env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+  const serverEnv = { ...workspace.env, DATABASE_URL: '', ...env };
   return new Promise((done) => {
-    execFile(process.execPath, [join(ROOT, 'src', 'main.ts')], { cwd: workspace.dir, env: { ...workspace.env, DATABASE_URL: '', ...env }, timeout: 30_000 },
+    execFile(NODE, [...nodeFlags(serverEnv), join(ROOT, 'src', 'main.ts')], { cwd: workspace.dir, env: serverEnv, timeout: 30_000 },
       (err, stdout, stderr) => done({ code: err ? Number((err as { code?: number }).code) : 0, stdout, stderr }));
   });
 }

@@ -12,10 +12,10 @@ import { join, resolve } from 'node:path';
 
 import { Agent, fetch as undiciFetch, type RequestInit, type Response } from 'undici';
 
-import { adminQuery, copyMigrations, currentTemplate, databaseUrl as urlOf } from './template.ts';
+import { NODE, nodeFlags } from './node.ts';
+import { adminQuery, copyMigrations, currentTemplate, databaseUrl as urlOf, nodeEnv } from './template.ts';
 
 export const ROOT = resolve(import.meta.dirname, '..', '..');
-const NODE = process.execPath;
 
 export async function freePort(): Promise<number> {
   return new Promise((done, fail) => {
@@ -75,6 +75,7 @@ export async function createWorkspace(settings: Record<string, string> = {}, opt
   if (!adminUrl && template?.dataDir) cpSync(template.dataDir, dataDir, { recursive: true });
   const port = await freePort();
   const env: Record<string, string> = {
+    ...nodeEnv(),
     PATH: process.env.PATH ?? '',
     HOME: process.env.HOME ?? dir,
     PORT: String(port),
@@ -91,7 +92,8 @@ export async function createWorkspace(settings: Record<string, string> = {}, opt
   return {
     dir, migrationsDir, keysDir, dataDir, databaseUrl, env,
     cli: (script, args, extraEnv = {}) => new Promise((done) => {
-      execFile(NODE, [join(ROOT, 'src', 'cli', `${script}.ts`), ...args], { cwd: dir, env: { ...env, ...extraEnv } }, (err, stdout, stderr) => {
+      const commandEnv = { ...env, ...extraEnv };
+      execFile(NODE, [...nodeFlags(commandEnv), join(ROOT, 'src', 'cli', `${script}.ts`), ...args], { cwd: dir, env: commandEnv }, (err, stdout, stderr) => {
         done({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
       });
     }),
@@ -141,7 +143,7 @@ export async function startServer(workspace: Workspace, extraEnv: Record<string,
   const management: Record<string, string> = extraEnv.MANAGEMENT_PORT ? {} : { MANAGEMENT_PORT: String(await freePort()) };
   const env: Record<string, string> = { ...workspace.env, ...workers, ...management, ...extraEnv };
   const listeners = Number(env.WORKERS ?? 1);
-  const [command, ...args] = [...(options.prefix ?? []), NODE, join(ROOT, 'src', 'main.ts')];
+  const [command, ...args] = [...(options.prefix ?? []), NODE, ...nodeFlags(env), join(ROOT, 'src', 'main.ts')];
   const child = spawn(command!, args, { cwd: workspace.dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   let listening = 0;

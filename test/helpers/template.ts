@@ -5,6 +5,8 @@
 // created from (`CREATE DATABASE … TEMPLATE`). The template is made by the project's own
 // `migrate latest` from its own migrations/ folder, which every workspace copies with it,
 // so knex_migrations always names exactly the files beside it.
+// The template's folder also holds the run's V8 compile cache (NODE_COMPILE_CACHE): every
+// server and command a test starts compiles the same source, so all but the first read it.
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
@@ -12,6 +14,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import pg from 'pg';
+
+import { NODE, nodeFlags } from './node.ts';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
 
@@ -27,6 +31,8 @@ export interface Template {
   dataDir?: string;
   /** PostgreSQL: the migrated database's name. */
   database?: string;
+  /** The compile cache every node process of the run shares. */
+  compileCache: string;
 }
 
 export function copyMigrations(from: string, to: string): void {
@@ -39,6 +45,12 @@ export function copyMigrations(from: string, to: string): void {
 export function currentTemplate(): Template | undefined {
   const value = process.env[TEMPLATE_ENV];
   return value ? JSON.parse(value) as Template : undefined;
+}
+
+/** What every node process a test starts has in its environment, whatever its database. */
+export function nodeEnv(): Record<string, string> {
+  const template = currentTemplate();
+  return template ? { NODE_COMPILE_CACHE: template.compileCache } : {};
 }
 
 export function databaseUrl(adminUrl: string, name: string): string {
@@ -66,7 +78,9 @@ export async function createTemplate(adminUrl: string | undefined): Promise<Temp
   const database = adminUrl ? `m2m_template_${randomBytes(6).toString('hex')}` : undefined;
   if (adminUrl && database) await adminQuery(adminUrl, `CREATE DATABASE ${database}`);
   const dataDir = join(dir, 'data');
+  const compileCache = join(dir, 'compile-cache');
   const env: Record<string, string> = {
+    NODE_COMPILE_CACHE: compileCache,
     PATH: process.env.PATH ?? '',
     HOME: process.env.HOME ?? dir,
     MIGRATIONS_DIR: migrationsDir,
@@ -74,9 +88,9 @@ export async function createTemplate(adminUrl: string | undefined): Promise<Temp
     DATA_DIR: dataDir,
     ...(adminUrl && database ? { DATABASE_URL: databaseUrl(adminUrl, database) } : {}),
   };
-  const template: Template = { dir, migrationsDir, ...(database ? { database } : { dataDir }) };
+  const template: Template = { dir, migrationsDir, compileCache, ...(database ? { database } : { dataDir }) };
   await new Promise<void>((done, fail) => {
-    execFile(process.execPath, [join(ROOT, 'src', 'cli', 'migrate.ts'), 'latest'], { cwd: dir, env }, (err, _stdout, stderr) => {
+    execFile(NODE, [...nodeFlags(env), join(ROOT, 'src', 'cli', 'migrate.ts'), 'latest'], { cwd: dir, env }, (err, _stdout, stderr) => {
       if (err) fail(new Error(`the test database template could not be migrated: ${stderr}`));
       else done();
     });
