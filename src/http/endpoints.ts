@@ -46,3 +46,12 @@ export function endpointUrls(issuer: string): EndpointUrls {
     jwks: `${issuer}${ENDPOINTS.jwks.path}`,
   };
 }
+
+/**
+ * What a client's assertion (and a federated client's external token, unless its issuer
+ * says otherwise) may name as `aud`: the issuer or the token endpoint under ISSUER, never a
+ * URL built from the request's Host header.
+ */
+export function assertionAudiences(issuer: string): string[] {
+  return [issuer, endpointUrls(issuer).token];
+}

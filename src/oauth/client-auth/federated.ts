@@ -25,7 +25,7 @@ import type Provider from 'oidc-provider';
 
 import type { IssuerRecord, IssuerRegistry } from '../../clients/issuers.ts';
 import { CLIENT_ID_PATTERN } from '../../clients/validate.ts';
-import { endpointUrls } from '../../http/endpoints.ts';
+import { assertionAudiences } from '../../http/endpoints.ts';
 import { CLOCK_TOLERANCE, SIGNATURE_ALGS } from '../algorithms.ts';
 import type { EngineClient } from '../client-metadata.ts';
 import { unlessStorageDown } from '../errors.ts';
@@ -245,7 +245,7 @@ export const federated: ClientAuthMethod = {
     ...(record.federatedIssuer && record.federatedSubject ? { m2m_federated: { issuer: record.federatedIssuer, subject: record.federatedSubject } } : {}),
   }),
   hooks: ({ settings, issuers, issuerKeys }) => {
-    const deps: FederatedDeps = { issuers, issuerKeys, audience: [settings.issuer, endpointUrls(settings.issuer).token] };
+    const deps: FederatedDeps = { issuers, issuerKeys, audience: assertionAudiences(settings.issuer) };
     return {
       install: takeExternalTokens,
       identify: (ctx) => named(deps, ctx),

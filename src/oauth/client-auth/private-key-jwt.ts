@@ -6,7 +6,7 @@
 import { errors } from 'oidc-provider';
 
 import { SIGNATURE_ALGS, CLOCK_TOLERANCE } from '../algorithms.ts';
-import { endpointUrls } from '../../http/endpoints.ts';
+import { assertionAudiences } from '../../http/endpoints.ts';
 import type { Settings } from '../../settings.ts';
 import { remoteKeys } from './jwks-uri.ts';
 import type { ClientAuthMethod } from './method.ts';
@@ -68,9 +68,8 @@ export const privateKeyJwt: ClientAuthMethod = {
       configuration.assertJwtClientAuthClaimsAndHeader = assertionRules(settings);
     },
     install(provider) {
-      // `aud` of a client assertion: the issuer or the token endpoint, from the settings; the
-      // engine would also accept URLs built from the request's Host header.
-      const audiences = new Set([settings.issuer, endpointUrls(settings.issuer).token]);
+      // The engine would also accept URLs built from the request's Host header.
+      const audiences = new Set(assertionAudiences(settings.issuer));
       provider.OIDCContext.prototype.clientJwtAuthExpectedAudience = () => audiences;
     },
     built: oneKeyPerSignature,
